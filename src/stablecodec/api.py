@@ -1,0 +1,327 @@
+"""The library: images in, ``.scdc`` bytes out, and back (tfci-style: bytes, not files).
+
+    import stablecodec
+    data = stablecodec.encode("photo.png")            # bytes, default model
+    image = stablecodec.decode(data)                   # PIL.Image, model from the header
+
+    codec = stablecodec.Codec(model="lite-2")          # keeps models loaded
+    for path in paths:
+        blobs.append(codec.encode(path))
+
+This module orchestrates: image I/O (:mod:`imageio`), colour statistics
+(:mod:`colorfix`), padding to the model's stride, the model's ``compress``/
+``decompress`` (:mod:`models`), and the container (:mod:`container`). Files, folders and
+exit codes are the CLI's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import colorfix, container, imageio, registry
+from .errors import ConfigError, FormatError, WeightsError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to run, with its identity for the header."""
+
+    name: str
+    code: int
+    fingerprint: str  # hex
+    model: Any  # LiteModel | StableCodecModel
+
+    @property
+    def header_fingerprint(self) -> int:
+        return int(self.fingerprint[:4], 16)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX) on this CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: str, family: str) -> str:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        if precision == "fp16" and device == "cpu":
+            raise ConfigError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # The default model is small and bandwidth-bound: float32 is as fast and exact on CPU.
+    return "bf16" if family == "stablecodec" and cpu_has_bf16() else "fp32"
+
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def place(model, device: str, precision: str) -> None:
+    """Move the image-path modules to device/precision; the entropy-parameter path stays exact on CPU."""
+    import torch
+
+    dtype = getattr(torch, _DTYPES[precision])
+    for m in model.float_modules():
+        m.to(device=device, dtype=dtype)
+        if device == "cuda":
+            m.to(memory_format=torch.channels_last)
+
+
+def load(name: str | None = None, *, weights_dir=None, sd_turbo=None, checkpoint=None, elic=None) -> Loaded:
+    """Load a model by registry name, or from explicit released files (CPU, float32)."""
+    from . import weights
+
+    explicit = [p for p in (sd_turbo, checkpoint, elic) if p is not None]
+    if explicit:
+        if len(explicit) != 3:
+            raise ConfigError("--sd-turbo, --checkpoint and --elic must be given together")
+        spec = registry.get(name) if name else _spec_from_checkpoint(Path(checkpoint))
+        model, fp = weights.load_released(Path(sd_turbo), Path(checkpoint), Path(elic))
+        if spec is not None and spec.family != "stablecodec":
+            raise ConfigError(f"--model {spec.name} is not a StableCodec model; drop --model or the weight files")
+        return Loaded(spec.name if spec else "custom", spec.code if spec else registry.CUSTOM_CODE, fp, model)
+    spec = registry.get(name or registry.default_name())
+    where = registry.locate(spec, registry.weights_dir(weights_dir))
+    if not where.present:
+        raise WeightsError(f"weights of model {spec.name} not found: {where.where}; "
+                           "put them there or pass --weights-dir (or --sd-turbo, --checkpoint and --elic)")
+    path = Path(where.where)
+    if spec.family == "lite":
+        from .models.lite import LiteModel
+
+        net, fp, meta = weights.load_lite(path)
+        rates = [r["name"] for r in __import__("json").loads(meta["rates"])]
+        if spec.name not in rates:
+            raise WeightsError(f"{path} has no rate point {spec.name} (it has {', '.join(rates)})")
+        return Loaded(spec.name, spec.code, fp, LiteModel(net, rates.index(spec.name)))
+    if path.suffix == ".safetensors":
+        model, fp, _ = weights.load_converted(path)
+    else:
+        d = path.parent
+        model, fp = weights.load_released(d / registry.SD_TURBO_DIR, path, d / registry.ELIC_FILE)
+    return Loaded(spec.name, spec.code, fp, model)
+
+
+def _spec_from_checkpoint(path: Path):
+    stem = path.stem
+    if stem.startswith("stablecodec_"):
+        try:
+            return registry.get(stem[len("stablecodec_"):])
+        except ConfigError:
+            return None
+    return None
+
+
+def pad_to_multiple(x, multiple: int):
+    """Reflect-pad (N, C, H, W) on the bottom/right to multiples of ``multiple``.
+
+    Reflection needs the pad to be smaller than the side, so tiny images are reflected
+    repeatedly (a 1-pixel side is replicated).
+    """
+    import torch.nn.functional as F
+
+    h, w = x.shape[2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    while ph or pw:
+        sh = min(ph, x.shape[2] - 1)
+        sw = min(pw, x.shape[3] - 1)
+        if sh == 0 and sw == 0:
+            x = F.pad(x, (0, min(pw, 1), 0, min(ph, 1)), mode="replicate")
+            ph, pw = max(ph - 1, 0), max(pw - 1, 0)
+            continue
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x
+
+
+class Codec:
+    """Encoder and decoder that keep their models loaded between images.
+
+    ``model``: a registry name (``stablecodec models``) or None for the default; ``bpp``
+    picks the registry model closest to a target rate instead. Decoding uses the model
+    named in each file's header and loads it when first needed.
+    """
+
+    def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: str | os.PathLike | None = None,
+                 sd_turbo=None, checkpoint=None, elic=None, device: str = "auto", precision: str = "auto",
+                 color_fix: bool = True, alpha: str = "refuse", max_memory: str | int | None = None,
+                 progress: bool | Callable | None = None):
+        if model is not None and bpp is not None:
+            raise ConfigError("give either a model name or a target bpp, not both")
+        if bpp is not None:
+            model = registry.closest(bpp, family=None if sd_turbo or checkpoint else "lite").name
+        if model is not None:
+            registry.get(model)
+        if alpha not in ("refuse", "drop"):
+            raise ConfigError(f"alpha must be 'refuse' or 'drop', got {alpha!r}")
+        self.model_name = model
+        self.weights_dir = weights_dir
+        self._explicit = dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic)
+        self._device_arg, self._precision_arg = device, precision
+        resolve_device(device)  # validate early
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.color_fix = color_fix
+        self.alpha = alpha
+        self.max_memory = max_memory
+        self.progress = progress
+        self._models: dict[str, Loaded] = {}
+
+    # -- models --------------------------------------------------------------------------
+
+    def _explicit_given(self) -> bool:
+        return any(v is not None for v in self._explicit.values())
+
+    def get_model(self, name: str | None = None) -> Loaded:
+        """The loaded model called ``name`` (default: this codec's encoding model)."""
+        key = name or self.model_name or ("custom" if self._explicit_given() else registry.default_name())
+        if key not in self._models:
+            if self._explicit_given():
+                loaded = load(self.model_name, **self._explicit)
+            else:
+                loaded = load(key, weights_dir=self.weights_dir)
+            device = resolve_device(self._device_arg)
+            family = "lite" if loaded.name.startswith("lite") else "stablecodec"
+            place(loaded.model, device, resolve_precision(self._precision_arg, device, family))
+            self._models[key] = loaded
+            if loaded.name != key:
+                self._models[loaded.name] = loaded
+        return self._models[key]
+
+    def _model_for_header(self, h: container.Header) -> Loaded:
+        spec = registry.by_code(h.model_code)
+        if self._explicit_given():
+            loaded = self.get_model()
+        elif spec is None:
+            raise WeightsError(
+                f"file was made with custom weights (model code 0x{h.model_code:02x}, fingerprint {h.fingerprint:04x}); "
+                "decode it with the same --sd-turbo, --checkpoint and --elic"
+            )
+        else:
+            loaded = self.get_model(spec.name)
+        if loaded.code != h.model_code or loaded.header_fingerprint != h.fingerprint:
+            made = spec.name if spec else f"custom (0x{h.model_code:02x})"
+            raise WeightsError(
+                f"file was made with model {made}, weights {h.fingerprint:04x}; the loaded weights are "
+                f"{loaded.name}, {loaded.header_fingerprint:04x}: decode with the weights that encoded it"
+            )
+        return loaded
+
+    # -- coding --------------------------------------------------------------------------
+
+    def encode(self, image, *, notes: list[str] | None = None) -> bytes:
+        """Compress an image (path, bytes, PIL image, or float/uint8 array HxWxC) to ``.scdc`` bytes."""
+        import torch
+
+        img = _as_loaded(image, self.alpha)
+        if notes is not None:
+            notes.extend(img.notes)
+        container.check_size(img.width, img.height)
+        loaded = self.get_model()
+        stats = colorfix.statistics(img.pixels)
+        pix = np.repeat(img.pixels, 3, axis=2) if img.grey else img.pixels
+        # Code 8-bit values, as a decoder's user would see them; stats used full precision.
+        pix = np.round(pix * 255.0) / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(pix.transpose(2, 0, 1)))[None].float()
+        x = pad_to_multiple(x, loaded.model.stride)
+        comp = loaded.model.compress(x)
+        header = container.Header(model_code=loaded.code, fingerprint=loaded.header_fingerprint, width=img.width,
+                                  height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey)
+        return container.pack(header, comp.payload)
+
+    def decode(self, data: bytes):
+        """``.scdc`` bytes -> PIL image (8-bit RGB, or L for a greyscale original)."""
+        return imageio.to_pil(self.decode_array(data))
+
+    def decode_array(self, data: bytes) -> np.ndarray:
+        """``.scdc`` bytes -> float32 array (H, W, C) in [0, 1]."""
+        header, payload = container.unpack(data)
+        loaded = self._model_for_header(header)
+        stride = loaded.model.stride
+        hp, wp = -(-header.height // stride) * stride, -(-header.width // stride) * stride
+        try:
+            x = loaded.model.decompress(payload, header.symbol_crc, (hp, wp))
+        except ValueError as e:
+            raise FormatError(f"file does not decode: {e}") from None
+        pix = x[0, :, : header.height, : header.width].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        if header.grey:
+            pix = (pix @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        if self.color_fix and header.color is not None:
+            pix = colorfix.apply(pix, header.color)
+        return np.clip(pix, 0.0, 1.0)
+
+
+def _as_loaded(image, alpha: str) -> imageio.LoadedImage:
+    if isinstance(image, imageio.LoadedImage):
+        return image
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+            raise ConfigError(f"image array must be HxW, HxWx1 or HxWx3, got shape {image.shape}")
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        return imageio.LoadedImage(np.clip(arr.astype(np.float32), 0, 1), [])
+    return imageio.load(image, alpha=alpha)
+
+
+def encode(image, model: str | None = None, **kwargs) -> bytes:
+    """Compress one image with a fresh :class:`Codec` (see there for the options)."""
+    return Codec(model, **kwargs).encode(image)
+
+
+def decode(data: bytes, **kwargs):
+    """Decompress ``.scdc`` bytes to a PIL image with the model named in the header."""
+    return Codec(**kwargs).decode(data)
+
+
+def info(data: bytes) -> dict:
+    """What a ``.scdc`` file says about itself, without loading a model."""
+    header, crc_ok = container.peek(data)
+    spec = registry.by_code(header.model_code)
+    mu = sigma = None
+    if header.color is not None:
+        m, s = colorfix.dequantize(header.color)
+        mu, sigma = [round(float(v), 5) for v in m], [round(float(v), 5) for v in s]
+    return {
+        "format_version": f"{header.version[0]}.{header.version[1]}",
+        "model": spec.name if spec else f"custom (0x{header.model_code:02x})",
+        "fingerprint": f"{header.fingerprint:04x}",
+        "width": header.width,
+        "height": header.height,
+        "greyscale": header.grey,
+        "bytes": len(data),
+        "bpp": round(len(data) * 8 / (header.width * header.height), 6),
+        "header_bytes": header.header_bytes,
+        "color_mean": mu,
+        "color_std": sigma,
+        "crc_ok": crc_ok,
+    }

@@ -1,0 +1,72 @@
+"""One-step denoising with the SD-Turbo UNet (paper Eq. 3).
+
+The latent codec's synthesis output l_T (320 channels at 1/8) goes whole into the UNet,
+whose first convolution the released checkpoints replace by a 320 -> 320 one; with
+epsilon = UNet(l_T, t = 999, prompt), the clean latent is
+
+    l_0 = (l_T[:, :4] - sqrt(1 - abar_999) * epsilon) / sqrt(abar_999) + r
+
+with abar from the scheduler's config and r the auxiliary decoder's residual. This is
+what a one-step DDPM ``step()`` at t = 999 returns, minus its 1e-10-scale sampler noise:
+decoding is deterministic. Large latents run in overlapping tiles blended with a
+Gaussian weight map (supplementary A), see :mod:`stablecodec.tiling`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..tiling import LatentAggregator, gaussian_weight, plan_tiles_2d
+
+TIMESTEP = 999
+
+
+def alpha_bar(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000, t: int = TIMESTEP,
+              schedule: str = "scaled_linear") -> float:
+    """abar_t of a DDPM schedule, in float32 as diffusers computes it."""
+    if schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float32)
+    else:
+        raise ValueError(f"unsupported beta_schedule {schedule!r}")
+    return float(torch.cumprod(1.0 - betas, dim=0)[t])
+
+
+class OneStepDenoiser(nn.Module):
+    """epsilon-prediction at t = 999 turned into the clean latent (Eq. 3, without r)."""
+
+    def __init__(self, unet: nn.Module, prompt_embedding: torch.Tensor, abar: float):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("prompt_embedding", prompt_embedding.detach().clone(), persistent=False)
+        self.abar = abar
+        self.latent_channels = unet.config.out_channels
+
+    def _x0(self, l_t: torch.Tensor) -> torch.Tensor:
+        prompt = self.prompt_embedding.to(l_t.device, l_t.dtype).expand(l_t.shape[0], -1, -1)
+        t = torch.full((l_t.shape[0],), TIMESTEP, device=l_t.device, dtype=torch.long)
+        eps = self.unet(l_t, t, encoder_hidden_states=prompt).sample
+        return (l_t[:, : self.latent_channels] - math.sqrt(1.0 - self.abar) * eps) / math.sqrt(self.abar)
+
+    @torch.no_grad()
+    def forward(self, l_t: torch.Tensor, tile: int | None = None, overlap: int = 32, batch: int = 1,
+                progress=None) -> torch.Tensor:
+        """l_0 - r for the whole latent; tiles of ``tile`` latent px when it is larger."""
+        h, w = l_t.shape[2:]
+        if tile is None or (h <= tile and w <= tile):
+            return self._x0(l_t)
+        boxes = plan_tiles_2d(h, w, tile, overlap)
+        agg = LatentAggregator((l_t.shape[0], self.latent_channels, h, w), device=l_t.device, dtype=torch.float32)
+        for i in range(0, len(boxes), batch):
+            chunk = boxes[i : i + batch]
+            x = torch.cat([l_t[:, :, b.top : b.bottom, b.left : b.right] for b in chunk])
+            out = self._x0(x).float()
+            for j, b in enumerate(chunk):
+                agg.add(b, out[j : j + 1], gaussian_weight(b.height, b.width, device=l_t.device))
+            if progress is not None:
+                progress(len(chunk))
+        return agg.result().to(l_t.dtype)

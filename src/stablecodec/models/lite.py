@@ -1,0 +1,141 @@
+"""The default model: the paper's latent codec over a small learned pixel autoencoder.
+
+The released StableCodec weights are several GB and live behind a model hub; this model
+ships inside the package (``weights/lite.safetensors``) so a fresh install compresses
+photos with no download. It keeps the paper's latent codec unchanged in structure
+(``g_a``/``h_a``/``h_s``, the four-step quadtree entropy model with LRP, ``g_s``; Eq. 4-7)
+at narrower widths and y at 1/32 instead of 1/64, replaces the SD-Turbo VAE and ELIC
+encoder with a small analysis CNN (image -> 1/8 features) and the UNet plus VAE decoder
+with a small synthesis CNN (1/8 features -> image). There is no diffusion step: it is
+trained for MSE, so it gives the fidelity end of the paper's trade-off. Several rates
+share one network through per-channel gain vectors on y and z (Cui et al., "Asymmetric
+gained deep image compression", CVPR 2021); each rate is a named model in the registry.
+Trained on CPU by ``scripts/train_default.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import BasicBlock, Downsample, Upsample
+from .latent_codec import LatentCodec, LatentCodecConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LiteConfig:
+    mid: int = 96  # channels at 1/4
+    width: int = 128  # channels at 1/8, the latent codec's input and output
+    codec: LatentCodecConfig = LatentCodecConfig(
+        sd_channels=128,
+        aux_channels=0,
+        pre1_channels=160,
+        analysis=(160, 192),
+        context_mult=2,
+        context_depth=2,
+        synthesis=(192, 160, 128),
+        aux_decoder=(),
+        rates=5,
+    )
+
+    def __post_init__(self) -> None:
+        if self.codec.sd_channels != self.width or self.codec.synthesis[-1] != self.width:
+            raise ValueError("the latent codec must take and return `width` channels")
+
+
+class PixelAnalysis(nn.Module):
+    """Image in [0, 1] -> features at 1/8."""
+
+    def __init__(self, mid: int, width: int):
+        super().__init__()
+        self.stem = nn.Conv2d(48, mid, 3, padding=1)
+        self.down = Downsample(mid, width)
+        self.block = BasicBlock(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.down(F.gelu(self.stem(F.pixel_unshuffle(x - 0.5, 4)))))
+
+
+class PixelSynthesis(nn.Module):
+    """Features at 1/8 -> image (about [0, 1]; the caller clamps)."""
+
+    def __init__(self, mid: int, width: int):
+        super().__init__()
+        self.block1 = BasicBlock(width)
+        self.up = Upsample(width, mid)
+        self.block2 = BasicBlock(mid)
+        self.head = nn.Conv2d(mid, 48, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.head(self.block2(self.up(self.block1(x)))), 4) + 0.5
+
+
+class LiteNet(nn.Module):
+    """The whole default network; ``forward`` is its training pass."""
+
+    def __init__(self, cfg: LiteConfig = LiteConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.analysis = PixelAnalysis(cfg.mid, cfg.width)
+        self.codec = LatentCodec(cfg.codec)
+        self.synthesis = PixelSynthesis(cfg.mid, cfg.width)
+
+    @property
+    def stride(self) -> int:
+        """Image sizes are padded to a multiple of this (the hyper-latent's stride)."""
+        return 8 * self.cfg.codec.stride * 4
+
+    def forward(self, x: torch.Tensor, rate: torch.Tensor):
+        y_hat, y_lik, z_lik = self.codec(self.analysis(x), None, rate)
+        return self.synthesis(self.codec.g_s(y_hat)), y_lik, z_lik
+
+
+class LiteModel(nn.Module):
+    """The default network bound to one rate point, with the composite model contract."""
+
+    def __init__(self, net: LiteNet, rate: int):
+        super().__init__()
+        if not 0 <= rate < net.cfg.codec.rates:
+            raise ValueError(f"rate must be in [0, {net.cfg.codec.rates}), got {rate}")
+        self.net = net
+        self.rate = rate
+        self.progress = None
+
+    @property
+    def codec(self) -> LatentCodec:
+        return self.net.codec
+
+    @property
+    def stride(self) -> int:
+        return self.net.stride
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.analysis.stem.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.analysis.stem.weight.dtype
+
+    def float_modules(self) -> list[nn.Module]:
+        c = self.net.codec
+        return [self.net.analysis, self.net.synthesis, c.g_a, c.g_s, c.h_a]
+
+    @torch.no_grad()
+    def compress(self, x01: torch.Tensor):
+        f = self.net.analysis(x01.to(self.device, self.dtype))
+        return self.net.codec.compress(f, None, self.rate)
+
+    @torch.no_grad()
+    def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int]) -> torch.Tensor:
+        y_shape = self.codec.y_shape((padded_hw[0] // 8, padded_hw[1] // 8))
+        y_hat = self.codec.decompress(payload, symbol_crc, y_shape, self.rate)
+        return self.reconstruct(y_hat)
+
+    @torch.no_grad()
+    def reconstruct(self, y_hat: torch.Tensor) -> torch.Tensor:
+        y = self.codec.dequantize(y_hat, self.rate).to(self.device, self.dtype)
+        return self.net.synthesis(self.codec.g_s(y)).clamp(0, 1).float()
