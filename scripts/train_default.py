@@ -82,7 +82,7 @@ def lr_at(step: int, total: int, base: float) -> float:
 def init_gains(net: LiteNet) -> None:
     with torch.no_grad():
         k = torch.arange(net.cfg.codec.rates, dtype=torch.float32)
-        g = 0.5 * 1.4**k
+        g = 8.0 * 1.4 ** (k - 2)  # g_a starts with std ~0.15: y * g must reach the rounding step
         net.codec.gain_y.copy_(g[:, None].expand_as(net.codec.gain_y))
         net.codec.gain_y_inv.copy_((1 / g)[:, None].expand_as(net.codec.gain_y_inv))
 

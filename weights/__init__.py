@@ -1,1 +1,1 @@
-"""The default model's weights, installed with the package as ``stablecodec.weights``."""
+"""The default model's weights, installed with the package as ``stablecodec.bundled``."""

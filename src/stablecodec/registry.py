@@ -110,7 +110,7 @@ def bundled_dir() -> Path:
     """The weights folder installed with the package."""
     from importlib import resources
 
-    return Path(str(resources.files("stablecodec.weights")))
+    return Path(str(resources.files("stablecodec.bundled")))
 
 
 @dataclasses.dataclass(frozen=True)

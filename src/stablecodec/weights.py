@@ -291,6 +291,11 @@ def _set_tables(codec: LatentCodec, tensors: dict[str, torch.Tensor], what: str)
         raise WeightsError(f"{what}: entropy tables are missing or damaged ({e})") from None
 
 
+def _config_json(config) -> str:
+    """A diffusers config without its private bookkeeping entries (paths, versions)."""
+    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")})
+
+
 def convert(sd_turbo: Path, checkpoint: Path, elic: Path, out: Path, name: str) -> str:
     """The released files -> one safetensors file. Returns the fingerprint."""
     from safetensors.torch import save_file
@@ -308,8 +313,8 @@ def convert(sd_turbo: Path, checkpoint: Path, elic: Path, out: Path, name: str) 
         "family": "stablecodec",
         "name": name,
         "fingerprint": fp,
-        "vae_config": json.dumps(dict(model.vae.vae.config)),
-        "unet_config": json.dumps(dict(model.denoiser.unet.config)),
+        "vae_config": _config_json(model.vae.vae.config),
+        "unet_config": _config_json(model.denoiser.unet.config),
         "abar": repr(model.denoiser.abar),
         "scaling_factor": repr(model.scaling_factor),
     }

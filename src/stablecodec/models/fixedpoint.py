@@ -104,18 +104,38 @@ def det_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * det_normal_cdf(x)
 
 
+_EXPM1_COEF = [1.0 / math.factorial(n) for n in range(1, 19)]
+
+
+def det_expm1(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) - 1 without cancellation near 0 (Taylor series for |x| <= 0.5)."""
+    small = x.abs() <= 0.5
+    xs = torch.where(small, x, torch.zeros_like(x))
+    p = torch.full_like(x, _EXPM1_COEF[-1])
+    for c in reversed(_EXPM1_COEF[:-1]):
+        p = p * xs + c
+    return torch.where(small, p * xs, det_exp(x) - 1.0)
+
+
 def det_tanh(x: torch.Tensor) -> torch.Tensor:
-    e = det_exp(-2.0 * x.abs())
-    return torch.copysign((1.0 - e) / (1.0 + e), x)
+    e = det_expm1(-2.0 * x.abs())  # tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|))
+    return torch.copysign(-e / (2.0 + e), x)
 
 
 def det_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / (1.0 + det_exp(-x))
 
 
+def det_log1p(y: torch.Tensor) -> torch.Tensor:
+    """log(1 + y) for y > -1, accurate near 0 (Goldberg's trick: log(u) * y / (u - 1), u = 1 + y)."""
+    u = 1.0 + y
+    d = u - 1.0
+    return torch.where(d == 0, y, det_log(u) * (y / torch.where(d == 0, torch.ones_like(d), d)))
+
+
 def det_softplus(x: torch.Tensor) -> torch.Tensor:
     # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|)
-    return x.clamp_min(0.0) + det_log(1.0 + det_exp(-x.abs()))
+    return x.clamp_min(0.0) + det_log1p(det_exp(-x.abs()))
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Exact numerics of the entropy-parameter path: accuracy and order independence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stablecodec.models import fixedpoint as fx
+
+
+@pytest.mark.parametrize("fn,ref,lo,hi,tol", [
+    (fx.det_exp, torch.exp, -50, 50, 4e-16),
+    (fx.det_log, torch.log, 1e-6, 1e6, 4e-16),
+    (fx.det_tanh, torch.tanh, -20, 20, 2e-15),
+    (fx.det_sigmoid, torch.sigmoid, -30, 30, 1e-15),
+    (fx.det_softplus, lambda x: F.softplus(x, threshold=1000), -30, 30, 1e-15),
+    (fx.det_log1p, torch.log1p, -0.9, 10, 1e-15),
+    (fx.det_gelu, F.gelu, -12, 12, 1e-7),
+])
+def test_elementary_functions_are_accurate(fn, ref, lo, hi, tol):
+    x = torch.linspace(lo, hi, 100_001, dtype=torch.float64)
+    got, want = fn(x), ref(x)
+    rel = ((got - want).abs() / want.abs().clamp_min(1e-300)).max() if fn is not fx.det_gelu else (got - want).abs().max()
+    assert float(rel) <= tol
+
+
+def test_erfc_meets_its_documented_bound():
+    x = torch.linspace(-6, 6, 20001, dtype=torch.float64)
+    rel = ((fx.det_erfc(x) - torch.special.erfc(x)).abs() / torch.special.erfc(x)).max()
+    assert float(rel) < 1.2e-7
+
+
+def _random_conv(cin, cout, k, groups=1, scale=1.0, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups)
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+    return conv
+
+
+@pytest.mark.parametrize("cin,cout,k,groups", [(40, 24, 1, 1), (24, 24, 5, 24), (16, 16, 3, 16), (8, 12, 3, 1)])
+def test_conv_is_exact_whatever_the_algorithm(cin, cout, k, groups):
+    conv = _random_conv(cin, cout, k, groups, scale=3.0)
+    q = fx.to_fixed(torch.randn(1, cin, 9, 11) * 50)
+    qc = fx._QuantConv(conv)
+    fast = qc(q)
+    reference = torch.round(F.conv2d(q, qc.weight, qc.bias, 1, k // 2, 1, groups) * qc.unscale).clamp(-fx.QMAX, fx.QMAX)
+    assert torch.equal(fast, reference)
+    # a different summation order: channels reversed (exact integer sums are order-free)
+    perm = torch.arange(cin).flip(0)
+    if groups == 1:
+        alt = F.conv2d(q[:, perm], qc.weight[:, perm], qc.bias, 1, k // 2)
+        assert torch.equal(torch.round(alt * qc.unscale).clamp(-fx.QMAX, fx.QMAX), fast)
+
+
+def test_accumulator_bound_holds_for_large_weights():
+    conv = _random_conv(960, 64, 1, scale=50.0)
+    assert fx.check_accumulator_bounds(conv) < 1.0
+
+
+def test_fixed_point_follows_the_float_network():
+    conv = _random_conv(32, 32, 3)
+    x = torch.randn(1, 32, 8, 8)
+    ops = fx.ExactOps()
+    got = fx.from_fixed(ops.gelu(ops.conv(conv, fx.to_fixed(x))))
+    with torch.no_grad():
+        want = F.gelu(conv.double()(x.double()))
+    assert float((got - want).abs().max()) < 1e-4
+
+
+def test_layernorm_matches_torch():
+    norm = nn.LayerNorm(24, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(1, 24, 5, 7) * 3
+    got = fx.from_fixed(fx.ExactOps().layernorm(norm, fx.to_fixed(x)))
+    with torch.no_grad():
+        want = norm.double()(x.double().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert float((got - want).abs().max()) < 1e-4
+
+
+def test_pow2_is_exact():
+    k = torch.arange(-1000, 1001, dtype=torch.float64)
+    assert torch.equal(fx._pow2(k), torch.tensor([math.ldexp(1.0, int(v)) for v in k], dtype=torch.float64))

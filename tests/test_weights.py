@@ -1,0 +1,124 @@
+"""Loading the released layouts, LoRA merging, conversion, safety of pickles."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablecodec import api, testing, weights
+from stablecodec.errors import WeightsError
+
+
+def test_merge_lora_matches_peft(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    arch = testing.tiny()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**arch.unet).eval()
+    lora = testing._lora_tensors(unet, testing.UNET_LORA_TARGETS, 4, "default", seed=1)
+    with_peft = copy.deepcopy(unet)
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=testing.UNET_LORA_TARGETS), with_peft, adapter_name="default")
+    missing = with_peft.load_state_dict(lora, strict=False)
+    assert not missing.unexpected_keys
+    merged = copy.deepcopy(unet)
+    n = weights.merge_lora(merged, lora, "default")
+    assert n == len(lora) // 2
+    x = torch.randn(1, 4, 16, 16)
+    t = torch.tensor([999])
+    ctx = torch.randn(1, 77, 32)
+    with torch.no_grad():
+        ref = with_peft(x, t, encoder_hidden_states=ctx).sample
+        got = merged(x, t, encoder_hidden_states=ctx).sample
+        base = unet(x, t, encoder_hidden_states=ctx).sample
+    assert float((got - base).abs().max()) > 1e-3  # the LoRA does something
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_released_layout_loads(tiny_release):
+    loaded = api.load(sd_turbo=tiny_release["sd_turbo"], checkpoint=tiny_release["checkpoint"], elic=tiny_release["elic"])
+    assert loaded.name == "ft8" and loaded.code == 0x25
+    assert len(loaded.fingerprint) == 16
+    # the replaced first convolution takes g_s's 32 channels
+    assert loaded.model.denoiser.unet.conv_in.in_channels == 32
+
+
+def test_by_name_from_weights_dir(tiny_release):
+    loaded = api.load("ft8", weights_dir=tiny_release["dir"])
+    assert loaded.name == "ft8"
+
+
+@pytest.mark.parametrize("missing", ["sd-turbo", "stablecodec_ft8.pkl", "elic_official.pth"])
+def test_missing_weights_name_the_file(tiny_release, tmp_path, missing):
+    import shutil
+
+    d = tmp_path / "w"
+    shutil.copytree(tiny_release["dir"], d)
+    p = d / missing
+    shutil.rmtree(p) if p.is_dir() else p.unlink()
+    with pytest.raises(WeightsError, match=missing.replace(".", r"\.")):
+        api.load("ft8", weights_dir=d)
+
+
+def test_unknown_model_name_is_a_config_error():
+    from stablecodec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model 'ft7'"):
+        api.load("ft7")
+
+
+def test_wrong_checkpoint_content(tmp_path, tiny_release):
+    bad = tmp_path / "stablecodec_ft8.pkl"
+    torch.save({"state_dict_codec": {"x": torch.zeros(1)}}, bad)
+    with pytest.raises(WeightsError, match="not a StableCodec checkpoint"):
+        api.load(sd_turbo=tiny_release["sd_turbo"], checkpoint=bad, elic=tiny_release["elic"])
+    ck = torch.load(tiny_release["checkpoint"], weights_only=True)
+    ck["state_dict_codec"] = {k: v for k, v in ck["state_dict_codec"].items() if not k.startswith("h_s.")}
+    torch.save(ck, bad)
+    with pytest.raises(WeightsError, match="missing"):
+        api.load(sd_turbo=tiny_release["sd_turbo"], checkpoint=bad, elic=tiny_release["elic"])
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, tiny_release):
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "stablecodec_ft8.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict_vae": {}, "state_dict_unet": _Evil(marker), "state_dict_codec": {}}, f)
+    with pytest.raises(WeightsError, match="refused"):
+        api.load(sd_turbo=tiny_release["sd_turbo"], checkpoint=evil, elic=tiny_release["elic"])
+    assert not marker.exists()
+    # the same through torch.save's zip format
+    torch.save({"state_dict_vae": _Evil(marker)}, evil)
+    with pytest.raises(WeightsError, match="refused"):
+        api.load(sd_turbo=tiny_release["sd_turbo"], checkpoint=evil, elic=tiny_release["elic"])
+    assert not marker.exists()
+
+
+def test_convert_then_load_decodes_identically(tiny_release, tmp_path):
+    import numpy as np
+
+    from conftest import smooth_image
+
+    out = tmp_path / "stablecodec-ft8.safetensors"
+    fp = weights.convert(tiny_release["sd_turbo"], tiny_release["checkpoint"], tiny_release["elic"], out, "ft8")
+    model, fp2, meta = weights.load_converted(out)
+    assert fp == fp2 and meta["name"] == "ft8"
+    img = smooth_image(64, 80)
+    a = api.Codec("ft8", weights_dir=tiny_release["dir"], device="cpu", precision="fp32")
+    data = a.encode(img)
+    b = api.Codec("ft8", weights_dir=tmp_path, device="cpu", precision="fp32")  # only the converted file there
+    assert np.array_equal(np.asarray(a.decode(data)), np.asarray(b.decode(data)))
+    # and the converted model encodes the same bytes
+    assert b.encode(img) == data
