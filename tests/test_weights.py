@@ -20,7 +20,7 @@ def test_merge_lora_matches_peft(tmp_path):
     arch = testing.tiny()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**arch.unet).eval()
-    lora = testing._lora_tensors(unet, testing.UNET_LORA_TARGETS, 4, "default", seed=1)
+    lora = testing._lora_tensors(copy.deepcopy(unet), testing.UNET_LORA_TARGETS, 4, "default", seed=1)
     with_peft = copy.deepcopy(unet)
     inject_adapter_in_model(LoraConfig(r=4, target_modules=testing.UNET_LORA_TARGETS), with_peft, adapter_name="default")
     missing = with_peft.load_state_dict(lora, strict=False)

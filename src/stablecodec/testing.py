@@ -104,28 +104,14 @@ def write_tokenizer(folder: Path) -> None:
         "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "do_lower_case": True}))
 
 
-def _randomize(module: torch.nn.Module, seed: int, std: float) -> None:
-    """Small random values everywhere, so every tensor matters and outputs stay finite."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def _lora_tensors(model: torch.nn.Module, targets, rank: int, adapter: str, seed: int) -> dict[str, torch.Tensor]:
-    """Inject PEFT LoRA into a copy's modules and return its LoRA tensors under PEFT's own names."""
-    import copy
-
+    """Inject PEFT LoRA into ``model`` (in place: call after saving it) and return its LoRA
+    tensors under PEFT's own names, with small random values."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    m = copy.deepcopy(model)
-    inject_adapter_in_model(LoraConfig(r=rank, target_modules=targets), m, adapter_name=adapter)
+    inject_adapter_in_model(LoraConfig(r=rank, target_modules=targets), model, adapter_name=adapter)
     g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in m.state_dict().items():
-        if ".lora_" in k:
-            out[k] = torch.randn(v.shape, generator=g) * 0.02
-    return out
+    return {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in model.state_dict().items() if ".lora_" in k}
 
 
 def codec_state(cfg: LatentCodecConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -161,12 +147,14 @@ def write_released(folder: Path, arch: Arch, name: str = "ft8", seed: int = 0, w
     (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
     (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     unet_lora = _lora_tensors(unet, UNET_LORA_TARGETS, arch.unet_rank, "default", seed + 1)
+    del unet
     g = torch.Generator().manual_seed(seed + 2)
     cin = arch.codec.synthesis[-1]
     c0 = arch.unet["block_out_channels"][0]
     unet_lora["conv_in.weight"] = torch.randn(c0, cin, 3, 3, generator=g) * (1.0 / (cin * 9) ** 0.5)
     unet_lora["conv_in.bias"] = torch.zeros(c0)
     vae_lora = _lora_tensors(vae, VAE_LORA_TARGETS, arch.vae_rank, "vae_skip", seed + 3)
+    del vae
     ckpt = folder / f"stablecodec_{name}.pkl"
     torch.save({"state_dict_vae": vae_lora, "state_dict_unet": unet_lora,
                 "state_dict_codec": codec_state(arch.codec, seed + 4)}, ckpt)
