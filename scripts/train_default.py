@@ -14,7 +14,11 @@ Data: every image of the given folders, downscaled once to several scales (the
 evaluation crops are photos of about 2048 px reduced to 768x512, so training crops are
 taken from photos reduced to 0.3-0.6 of that size), random 256x256 crops and flips.
 Loss: for each image a random rate k, bpp + lambda_k * 255^2 * MSE (CompressAI's
-convention); the hyper-latent quantiles are fit with their own auxiliary loss.
+convention); the hyper-latent quantiles are fit with their own auxiliary loss. The
+decoder sees y plus uniform noise for the first --noise-frac of the steps (a network
+trained from scratch with straight-through rounding stays stuck at the all-zero latent)
+and the rounded y with a straight-through gradient afterwards, so that it is fine-tuned
+on what it will decode.
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ def batch(images: list[torch.Tensor], n: int, crop: int, rng: random.Random) -> 
 
 
 def lr_at(step: int, total: int, base: float) -> float:
-    """Constant, then a cosine decay to base/10 over the last 30 % of the steps."""
+    """Warm-up over 100 steps, constant, then a cosine decay to base/10 over the last 30 %."""
+    if step < 100:
+        return base * (step + 1) / 100
     start = int(0.7 * total)
     if step < start:
         return base
@@ -82,7 +88,7 @@ def lr_at(step: int, total: int, base: float) -> float:
 def init_gains(net: LiteNet) -> None:
     with torch.no_grad():
         k = torch.arange(net.cfg.codec.rates, dtype=torch.float32)
-        g = 8.0 * 1.4 ** (k - 2)  # g_a starts with std ~0.15: y * g must reach the rounding step
+        g = 1.4 ** (k - 2)  # higher rates quantize finer from the start
         net.codec.gain_y.copy_(g[:, None].expand_as(net.codec.gain_y))
         net.codec.gain_y_inv.copy_((1 / g)[:, None].expand_as(net.codec.gain_y_inv))
 
@@ -99,6 +105,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--noise-frac", type=float, default=0.7, help="fraction of steps trained with additive noise")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 (about 1.7x slower on CPU)")
     args = ap.parse_args()
 
@@ -138,7 +145,7 @@ def main() -> None:
         x = batch(images, args.batch, args.crop, rng).contiguous(memory_format=torch.channels_last)
         rate = torch.randint(0, len(LAMBDAS), (args.batch,))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
-            x_hat, y_lik, z_lik = net(x, rate)
+            x_hat, y_lik, z_lik = net(x, rate, noise=step < args.noise_frac * args.steps)
         x_hat = x_hat.float()
         npix = x.shape[2] * x.shape[3]
         bpp = (y_lik.log2().flatten(1).sum(1) + z_lik.log2().flatten(1).sum(1)) / -npix

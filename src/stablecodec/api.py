@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import colorfix, container, imageio, registry
-from .errors import ConfigError, FormatError, WeightsError
+from . import colorfix, container, imageio, registry, tiling
+from .errors import ConfigError, FormatError, LimitError, WeightsError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -42,6 +42,16 @@ class Loaded:
     @property
     def header_fingerprint(self) -> int:
         return int(self.fingerprint[:4], 16)
+
+
+def default_budget(device: str) -> int:
+    """9 GB on CUDA (the paper's figure); on CPU, three quarters of this machine's memory."""
+    if device == "cuda":
+        return 9 * tiling.GB
+    try:
+        return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 9 * tiling.GB
 
 
 def cpu_has_bf16() -> bool:
@@ -87,11 +97,7 @@ def place(model, device: str, precision: str) -> None:
     """Move the image-path modules to device/precision; the entropy-parameter path stays exact on CPU."""
     import torch
 
-    dtype = getattr(torch, _DTYPES[precision])
-    for m in model.float_modules():
-        m.to(device=device, dtype=dtype)
-        if device == "cuda":
-            m.to(memory_format=torch.channels_last)
+    model.place(device, getattr(torch, _DTYPES[precision]))
 
 
 def load(name: str | None = None, *, weights_dir=None, sd_turbo=None, checkpoint=None, elic=None) -> Loaded:
@@ -190,7 +196,10 @@ class Codec:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.color_fix = color_fix
         self.alpha = alpha
-        self.max_memory = max_memory
+        try:
+            self.max_memory = tiling.parse_size(max_memory)
+        except ValueError as e:
+            raise ConfigError(f"--max-memory: {e}") from None
         self.progress = progress
         self._models: dict[str, Loaded] = {}
 
@@ -203,6 +212,7 @@ class Codec:
         """The loaded model called ``name`` (default: this codec's encoding model)."""
         key = name or self.model_name or ("custom" if self._explicit_given() else registry.default_name())
         if key not in self._models:
+            self._check_budget_before_loading(key)
             if self._explicit_given():
                 loaded = load(self.model_name, **self._explicit)
             else:
@@ -214,6 +224,48 @@ class Codec:
             if loaded.name != key:
                 self._models[loaded.name] = loaded
         return self._models[key]
+
+    @property
+    def budget(self) -> int:
+        return self.max_memory or default_budget(resolve_device(self._device_arg))
+
+    def _check_budget_before_loading(self, key: str) -> None:
+        from .weights import estimate_weight_bytes
+
+        if self._explicit_given():
+            enc, _ = estimate_weight_bytes(checkpoint=self._explicit["checkpoint"], sd_turbo=self._explicit["sd_turbo"],
+                                           elic=self._explicit["elic"])
+        else:
+            enc, _ = estimate_weight_bytes(spec=registry.get(key), weights_dir=registry.weights_dir(self.weights_dir))
+        if tiling.RUNTIME + enc > 0.9 * self.budget:
+            raise LimitError(f"the memory budget ({self.budget / tiling.GB:.1f} GB) cannot hold model {key}'s weights "
+                             f"(~{(tiling.RUNTIME + enc) / 0.9 / tiling.GB:.1f} GB needed); raise --max-memory")
+
+    def _plan(self, loaded: Loaded, height: int, width: int) -> None:
+        """Choose tiles for this image size within the budget (sets ``loaded.model.plan``)."""
+        model = loaded.model
+        try:
+            if hasattr(model, "denoiser_loaded"):
+                plan = tiling.plan_stablecodec(height, width, budget=self.budget, dtype_bytes=model.dtype.itemsize,
+                                               weights_encode=model.resident_bytes(False),
+                                               weights_decode=model.resident_bytes(True))
+            else:
+                plan = tiling.plan_lite(height, width, budget=self.budget,
+                                        weights=sum(p.numel() * p.element_size() for p in model.parameters()))
+        except ValueError as e:
+            raise LimitError(str(e)) from None
+        model.plan = plan
+        model.last_plan = plan.describe()
+
+    def _progress(self, desc: str, pixels: int):
+        """A tqdm counter over tiles for large images (off with quiet or without a terminal)."""
+        import sys
+
+        if not self.progress or pixels < 4_000_000:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(desc=desc, unit="tile", leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def _model_for_header(self, h: container.Header) -> Loaded:
         spec = registry.by_code(h.model_code)
@@ -251,7 +303,15 @@ class Codec:
         pix = np.round(pix * 255.0) / 255.0
         x = torch.from_numpy(np.ascontiguousarray(pix.transpose(2, 0, 1)))[None].float()
         x = pad_to_multiple(x, loaded.model.stride)
-        comp = loaded.model.compress(x)
+        self._plan(loaded, x.shape[2], x.shape[3])
+        bar = self._progress("encode", x.shape[2] * x.shape[3])
+        loaded.model.progress = bar.update if bar is not None else None
+        try:
+            comp = loaded.model.compress(x)
+        finally:
+            if bar is not None:
+                bar.close()
+            loaded.model.progress = None
         header = container.Header(model_code=loaded.code, fingerprint=loaded.header_fingerprint, width=img.width,
                                   height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey)
         return container.pack(header, comp.payload)
@@ -266,10 +326,17 @@ class Codec:
         loaded = self._model_for_header(header)
         stride = loaded.model.stride
         hp, wp = -(-header.height // stride) * stride, -(-header.width // stride) * stride
+        self._plan(loaded, hp, wp)
+        bar = self._progress("decode", hp * wp)
+        loaded.model.progress = bar.update if bar is not None else None
         try:
             x = loaded.model.decompress(payload, header.symbol_crc, (hp, wp))
         except ValueError as e:
             raise FormatError(f"file does not decode: {e}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+            loaded.model.progress = None
         pix = x[0, :, : header.height, : header.width].permute(1, 2, 0).cpu().numpy().astype(np.float32)
         if header.grey:
             pix = (pix @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]

@@ -92,3 +92,200 @@ class LatentAggregator:
         if bool((self._wsum <= 0).any()):
             raise RuntimeError("tiles do not cover the whole latent")
         return self._acc / self._wsum
+
+
+def run_windows(fn, x, tile: int, halo: int, up: int = 1, down: int = 1, progress=None):
+    """Apply a convolutional ``fn`` to (N, C, H, W) ``x`` window by window, exactly.
+
+    ``fn`` maps h x w to (h * up / down) x (w * up / down). Each window is a core tile
+    (``tile`` input px, a multiple of ``down``) plus ``halo`` px of context on every side;
+    only the core's output is kept. With ``halo`` at least the receptive radius of
+    ``fn`` this equals ``fn(x)``; at the image border a window stops where the image
+    does, so zero padding is applied exactly where ``fn(x)`` applies it.
+    """
+    import torch
+
+    n, _, h, w = x.shape
+    if tile % down or halo % down:
+        raise ValueError(f"tile and halo must be multiples of {down}")
+    if h <= tile and w <= tile:
+        return fn(x)
+    out = None
+    for core in core_boxes(h, w, tile):
+        win = expand(core, halo, h, w)
+        y = fn(x[:, :, win.top : win.bottom, win.left : win.right])
+        if out is None:
+            out = y.new_empty((n, y.shape[1], -(-h * up // down), -(-w * up // down)))
+        ot, ol = core.top * up // down, core.left * up // down
+        ob, orr = -(-core.bottom * up // down), -(-core.right * up // down)
+        wt, wl = win.top * up // down, win.left * up // down
+        out[:, :, ot:ob, ol:orr] = y[:, :, ot - wt : ob - wt, ol - wl : orr - wl]
+        if progress is not None:
+            progress(1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The memory planner (pure arithmetic: sizes in, tile sizes out).
+
+GB = 1 << 30
+MB = 1 << 20
+
+# Activation memory per image pixel at float32, measured by benchmarks/calibrate_memory.py
+# (random full-size weights, 512x768; docs/memory.md). Scaled by the dtype's size.
+_PER_PX = {
+    "vae_enc": 2600.0,  # diffusers' untiled encoder
+    "vae_enc_band": 920.0,  # banded, buffers in RAM (about 640 B/px of them) + 2M-element bands
+    "vae_dec": 3910.0,
+    "vae_dec_band": 2120.0,
+    "elic": 700.0,
+    "gs_aux": 150.0,
+    "exact": 215.0,  # the fixed-point parameter path (float64 whatever the precision)
+    "persist": 60.0,  # l_T, r, l_0 and the decoded image kept across decoding stages
+}
+_UNET_PER_LATENT_PX = 59_000.0  # UNet activations per latent px of a tile, float32
+_BAND_WORKSET = 10  # band-sized float tensors alive at once inside a banded VAE layer
+RUNTIME = int(0.9 * GB)  # Python, torch and the libraries before any weight is loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """How to run one image within a memory budget (None: whole image at once)."""
+
+    encoder_window: int | None = None  # image px, exact windows (ELIC; the default model's encoder)
+    synthesis_window: int | None = None  # y px, exact windows of g_s and aux (+ the default model's decoder)
+    vae_enc_band: int | None = None  # elements per band of the banded VAE encoder
+    vae_enc_spill: bool = False
+    unet_tile: int | None = None  # latent px (the paper: 96, overlap 32)
+    unet_batch: int = 1
+    vae_dec_band: int | None = None
+    vae_dec_spill: bool = False
+    attn_tile: int = 64  # latent px of a VAE attention window's core (only beyond 96 latent px)
+    estimate_encode: int = 0  # bytes, whole process
+    estimate_decode: int = 0
+
+    def describe(self) -> str:
+        def t(v, unit):
+            return "whole" if v is None else f"{v} {unit}"
+
+        return (f"encoder {t(self.encoder_window, 'px')}, synthesis {t(self.synthesis_window, 'y px')}, VAE encoder {t(self.vae_enc_band, 'elements/band')}"
+                f"{' spilled' if self.vae_enc_spill else ''}, UNet {t(self.unet_tile, 'latent px')} x{self.unet_batch}, "
+                f"VAE decoder {t(self.vae_dec_band, 'elements/band')}{' spilled' if self.vae_dec_spill else ''}, "
+                f"; estimated peak encode "
+                f"{self.estimate_encode / GB:.1f} GB, decode {self.estimate_decode / GB:.1f} GB")
+
+
+def parse_size(text: str | int | float | None) -> int | None:
+    """'9GB', '9 GiB', '9000MB', '9.5G', 9e9 -> bytes (powers of 1024 for every unit)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = str(text).strip().upper().replace(" ", "").replace("IB", "B")
+    units = {"TB": 1 << 40, "GB": GB, "MB": MB, "KB": 1 << 10, "T": 1 << 40, "G": GB, "M": MB, "K": 1 << 10, "B": 1}
+    for u, f in units.items():
+        if s.endswith(u):
+            num = s[: -len(u)]
+            break
+    else:
+        num, f = s, 1
+    try:
+        v = float(num)
+    except ValueError:
+        raise ValueError(f"cannot read memory size {text!r}; write e.g. 9GB or 9000MB") from None
+    if not v > 0:
+        raise ValueError(f"memory size must be positive, got {text!r}")
+    return int(v * f)
+
+
+def _px(kind: str, pixels: int, scale: float) -> int:
+    return int(_PER_PX[kind] * pixels * scale)
+
+
+def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, weights_encode: int,
+                     weights_decode: int) -> MemoryPlan:
+    """The fastest plan whose estimated peak fits ``budget`` (bytes, whole process).
+
+    ``height``/``width``: the padded image size; ``weights_*``: bytes of weights resident
+    while encoding / decoding. Stages run one after another, so a phase's peak is the
+    weights and runtime, what persists across the phase, and its own working memory.
+    Raises ValueError when even the weights do not fit.
+    """
+    px = height * width
+    sc = dtype_bytes / 4.0
+    usable = int(0.9 * budget)  # the estimates are within about 10 % of measurements
+    base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
+    if max(base_e, base_d) > usable:
+        need = max(base_e, base_d) / 0.9
+        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold this model's weights and the "
+                         f"runtime (needs at least {need / GB:.1f} GB); raise --max-memory")
+    room_e, room_d = usable - base_e, usable - base_d
+    image = int(24 * px)  # the input as float32, and its padded copy
+    band = 4 * MB
+    band_work = _BAND_WORKSET * band * dtype_bytes
+
+    exact = _px("exact", px, 1.0)
+
+    # Encoding: VAE encoder, ELIC, the latent codec, one after another.
+    enc_band, enc_spill = None, False
+    vae_e = _px("vae_enc", px, sc)
+    if image + vae_e > room_e:
+        enc_band, vae_e = band, _px("vae_enc_band", px, sc)
+        if image + vae_e > room_e:
+            enc_spill, vae_e = True, band_work
+    elic_tile, elic = None, _px("elic", px, sc)
+    for tile in (1024, 512, 256):
+        if image + elic <= room_e:
+            break
+        elic_tile, elic = tile, int(_PER_PX["elic"] * sc * (tile + 288) ** 2)
+    gs_window, gs = None, _px("gs_aux", px, sc)
+    if gs > room_d:
+        gs_window, gs = 32, int(_PER_PX["gs_aux"] * sc * (64 * 64) ** 2)
+    est_e = base_e + image + max(vae_e, elic, exact)
+
+    # Decoding: exact path, g_s and aux, the UNet (l_T kept), the VAE decoder (output kept),
+    # then cropping, colour correction and 8-bit conversion of the output.
+    l_t = int(20 * px * sc)
+    out = int(12 * px)
+    latent_px = px // 64
+    unet_tile, unet_batch = None, 1
+    unet = _UNET_PER_LATENT_PX * latent_px * sc
+    if latent_px > 96 * 96 or l_t + unet > room_d:
+        unet_tile, unet = 96, _UNET_PER_LATENT_PX * 96 * 96 * sc
+        while unet_batch < 4 and l_t + unet * (unet_batch + 1) <= 0.6 * room_d:
+            unet_batch += 1
+        unet *= unet_batch
+    dec_band, dec_spill = None, False
+    vae_d = _px("vae_dec", px, sc)
+    if out + vae_d > room_d:
+        dec_band, vae_d = band, _px("vae_dec_band", px, sc)
+        if out + vae_d > room_d:
+            dec_spill, vae_d = True, band_work
+    post = 3 * out
+    est_d = base_d + max(exact, gs, l_t + int(unet), out + vae_d, post)
+    return MemoryPlan(encoder_window=elic_tile, synthesis_window=gs_window, vae_enc_band=enc_band,
+                      vae_enc_spill=enc_spill, unet_tile=unet_tile, unet_batch=unet_batch, vae_dec_band=dec_band,
+                      vae_dec_spill=dec_spill, estimate_encode=int(est_e), estimate_decode=int(est_d))
+
+
+_LITE_PER_PX = 900.0  # the default model's encoder or decoder, float32, bytes per image pixel
+
+
+def plan_lite(height: int, width: int, *, budget: int, weights: int) -> MemoryPlan:
+    """The default model: exact windows for its encoder and decoder when the image is large."""
+    px = height * width
+    usable = int(0.9 * budget)
+    base = RUNTIME + weights
+    if base > usable:
+        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold the runtime (needs at least "
+                         f"{base / 0.9 / GB:.1f} GB); raise --max-memory")
+    room = usable - base
+    image = int(36 * px)
+    exact = _px("exact", px, 0.25)  # y at 1/16 with a narrow context model
+    enc_w = dec_w = None
+    work = _LITE_PER_PX * px
+    if image + work > room or px > 16 * MB:
+        enc_w, dec_w = 512, 32  # 1024 px windows: about 1 GB of activations
+        work = _LITE_PER_PX * 1024 * 1024
+    est = base + image + max(work, exact)
+    return MemoryPlan(encoder_window=enc_w, synthesis_window=dec_w, estimate_encode=int(est), estimate_decode=int(est))

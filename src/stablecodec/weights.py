@@ -29,6 +29,7 @@ from torch import nn
 from . import registry
 from .errors import WeightsError
 from .models.entropy import tables_from_tensors, tables_to_tensors
+from .models.denoiser import OneStepDenoiser
 from .models.latent_codec import LatentCodec, LatentCodecConfig
 
 PROMPT = ("A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural "
@@ -238,14 +239,20 @@ def _scheduler_abar(sd_turbo: Path) -> float:
 
 
 def load_released(sd_turbo: Path, checkpoint: Path, elic: Path):
-    """Build the full model from the released files. Returns (model, fingerprint hex)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Build the full model from the released files. Returns (model, fingerprint hex).
+
+    The UNet and the text encoder are read only when the model first decodes.
+    """
+    from diffusers import AutoencoderKL
 
     from .models.stablecodec import StableCodecModel
 
     sd_turbo, checkpoint, elic = Path(sd_turbo), Path(checkpoint), Path(elic)
     if not sd_turbo.is_dir():
         raise WeightsError(f"SD-Turbo folder not found: {sd_turbo}")
+    for sub in ("unet", "vae", "scheduler"):
+        if not (sd_turbo / sub).is_dir():
+            raise WeightsError(f"SD-Turbo {sub} folder not found: {sd_turbo / sub} (expected a diffusers folder)")
     ck = load_pickle(checkpoint, "StableCodec checkpoint")
     keys = ("state_dict_vae", "state_dict_unet", "state_dict_codec")
     if not all(isinstance(ck.get(k), dict) for k in keys):
@@ -255,22 +262,36 @@ def load_released(sd_turbo: Path, checkpoint: Path, elic: Path):
     elic_net = _elic_from_pth(elic)
     vae = _from_pretrained(AutoencoderKL, sd_turbo / "vae", "VAE").float().eval()
     merge_lora(vae, ck["state_dict_vae"], "vae_skip")
-    unet = _from_pretrained(UNet2DConditionModel, sd_turbo / "unet", "UNet").float().eval()
-    usd = dict(ck["state_dict_unet"])
-    try:
-        w, b = usd.pop("conv_in.weight"), usd.pop("conv_in.bias")
-    except KeyError:
-        raise WeightsError(f"{checkpoint}: state_dict_unet has no conv_in") from None
+    unet_state = ck["state_dict_unet"]
+    if "conv_in.weight" not in unet_state or "conv_in.bias" not in unet_state:
+        raise WeightsError(f"{checkpoint}: state_dict_unet has no conv_in")
+    if unet_state["conv_in.weight"].shape[1] != codec.cfg.synthesis[-1]:
+        raise WeightsError(f"{checkpoint}: the UNet takes {unet_state['conv_in.weight'].shape[1]} channels, "
+                           f"g_s gives {codec.cfg.synthesis[-1]}")
+    abar = _scheduler_abar(sd_turbo)
+    del ck
+
+    def denoiser():
+        return OneStepDenoiser(released_unet(sd_turbo, unet_state), prompt_embedding(sd_turbo), abar)
+
+    model = StableCodecModel(vae, elic_net, codec, denoiser, float(vae.config.scaling_factor),
+                             denoiser_bytes=_dir_bytes(sd_turbo / "unet") + _dir_bytes(sd_turbo / "text_encoder"))
+    return model.eval(), fp
+
+
+def released_unet(sd_turbo: Path, unet_state: dict[str, torch.Tensor]):
+    """SD-Turbo's UNet with the checkpoint's 320-channel conv_in and its LoRA merged."""
+    from diffusers import UNet2DConditionModel
+
+    unet = _from_pretrained(UNet2DConditionModel, Path(sd_turbo) / "unet", "UNet").float().eval()
+    usd = dict(unet_state)
+    w, b = usd.pop("conv_in.weight"), usd.pop("conv_in.bias")
     old = unet.conv_in
     unet.conv_in = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], padding=old.padding)
     unet.conv_in.load_state_dict({"weight": w, "bias": b})
     unet.register_to_config(in_channels=w.shape[1])
     merge_lora(unet, usd, "default")
-    if w.shape[1] != codec.cfg.synthesis[-1]:
-        raise WeightsError(f"{checkpoint}: the UNet takes {w.shape[1]} channels, g_s gives {codec.cfg.synthesis[-1]}")
-    model = StableCodecModel(vae, unet, elic_net, codec, prompt_embedding(sd_turbo), _scheduler_abar(sd_turbo),
-                             float(vae.config.scaling_factor))
-    return model.eval(), fp
+    return unet
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,19 +346,68 @@ def convert(sd_turbo: Path, checkpoint: Path, elic: Path, out: Path, name: str) 
     return fp
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, only: str | None = None, exclude: str | None = None):
+    """Tensors (those starting with ``only``, or all but ``exclude``) and metadata of a weights file."""
     from safetensors import SafetensorError, safe_open
 
     _require_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != FORMAT:
+                raise WeightsError(f"{path}: not a stablecodec weights file (format {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()
+                       if (only is None or k.startswith(only)) and (exclude is None or not k.startswith(exclude))}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
-    if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not a stablecodec weights file (format {meta.get('format')!r})")
     return tensors, meta
+
+
+def _dir_bytes(folder: Path) -> int:
+    """Bytes of the weight files in a diffusers sub-folder (one variant: the largest set)."""
+    if not Path(folder).is_dir():
+        return 0
+    sizes = [f.stat().st_size for f in Path(folder).iterdir() if f.suffix in (".safetensors", ".bin") and ".fp16." not in f.name]
+    if not sizes:  # only an fp16 variant: loaded as float32, twice its size
+        sizes = [2 * f.stat().st_size for f in Path(folder).iterdir() if f.suffix in (".safetensors", ".bin")]
+    return sum(sizes)
+
+
+def _safetensors_bytes(path: Path) -> dict[str, int]:
+    """Bytes per top-level prefix of a safetensors file, from its header alone."""
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        if n > 100 * 1024 * 1024:
+            raise WeightsError(f"{path}: damaged safetensors header")
+        header = json.loads(f.read(n))
+    out: dict[str, int] = {}
+    for k, v in header.items():
+        if k != "__metadata__":
+            a, b = v["data_offsets"]
+            out[k.split(".")[0]] = out.get(k.split(".")[0], 0) + (b - a)
+    return out
+
+
+def estimate_weight_bytes(spec=None, weights_dir: Path | None = None, checkpoint=None, sd_turbo=None, elic=None):
+    """(encode, decode) bytes of weights a model will hold, from its files, before loading it."""
+    if spec is not None:
+        where = registry.locate(spec, Path(weights_dir))
+        if not where.present:
+            return 0, 0  # the loader reports what is missing
+        path = Path(where.where)
+        if spec.family == "lite":
+            n = 4 * path.stat().st_size  # fp16 on disk, float32 and float64 copies in memory
+            return n, n
+        if path.suffix == ".safetensors":
+            parts = _safetensors_bytes(path)
+            enc = sum(v for k, v in parts.items() if k != "unet")
+            return enc, enc + parts.get("unet", 0)
+        checkpoint, sd_turbo, elic = path, path.parent / registry.SD_TURBO_DIR, path.parent / registry.ELIC_FILE
+    size = lambda p: Path(p).stat().st_size if p and Path(p).is_file() else 0  # noqa: E731
+    enc = size(checkpoint) + size(elic) + _dir_bytes(Path(sd_turbo) / "vae")
+    return enc, enc + _dir_bytes(Path(sd_turbo) / "unet") + _dir_bytes(Path(sd_turbo) / "text_encoder")
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -362,25 +432,37 @@ def _assign(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn.Mod
 
 
 def load_converted(path: Path):
-    """A file written by :func:`convert`. Returns (model, fingerprint hex, metadata)."""
+    """A file written by :func:`convert`. Returns (model, fingerprint hex, metadata).
+
+    The UNet's tensors are read from the file only when the model first decodes.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from .models.stablecodec import StableCodecModel
 
-    tensors, meta = _read_safetensors(Path(path))
+    path = Path(path)
+    tensors, meta = _read_safetensors(path, exclude="unet.")
     if meta.get("family") != "stablecodec":
         raise WeightsError(f"{path}: not a converted StableCodec model")
     try:
         vae_cfg, unet_cfg = json.loads(meta["vae_config"]), json.loads(meta["unet_config"])
         abar, scaling = float(meta["abar"]), float(meta["scaling_factor"])
+        prompt = tensors["prompt_embedding"].float()
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{path}: metadata is incomplete ({e})") from None
     vae = _assign(_on_meta(lambda: AutoencoderKL.from_config(vae_cfg)), _sub(tensors, "vae."), f"{path} (vae)")
-    unet = _assign(_on_meta(lambda: UNet2DConditionModel.from_config(unet_cfg)), _sub(tensors, "unet."), f"{path} (unet)")
     elic = _elic_from_state(_sub(tensors, "elic."), f"{path} (elic)")
     codec = load_codec({k: v.float() for k, v in _sub(tensors, "codec.").items()})
     _set_tables(codec, tensors, str(path))
-    model = StableCodecModel(vae.eval(), unet.eval(), elic, codec, tensors["prompt_embedding"].float(), abar, scaling)
+    del tensors
+
+    def denoiser():
+        unet_sd, _ = _read_safetensors(path, only="unet.")
+        unet = _assign(_on_meta(lambda: UNet2DConditionModel.from_config(unet_cfg)), _sub(unet_sd, "unet."), f"{path} (unet)")
+        return OneStepDenoiser(unet.eval(), prompt, abar)
+
+    model = StableCodecModel(vae.eval(), elic, codec, denoiser, scaling,
+                             denoiser_bytes=_safetensors_bytes(path).get("unet", 0))
     return model.eval(), meta["fingerprint"], meta
 
 

@@ -45,6 +45,32 @@ class ElicAnalysis(nn.Module):
             AttentionBlock(M),
         )
 
-    def forward(self, x01):
-        """x01: image in [0, 1] -> features at 1/16."""
-        return self.analysis_transform(x01)
+    # Receptive field of the whole transform: 265 px (4 stride-2 5x5 convolutions, 3x3s in
+    # the bottlenecks and attention units), so 144 px of context make a window's core exact.
+    HALO = 144
+
+    def forward(self, x01, tile: int | None = None, progress=None):
+        """x01: image in [0, 1] -> features at 1/16.
+
+        With ``tile`` (image px, a multiple of 16), runs on windows of tile + 2 x 144 px and
+        keeps each window's core: the transform is convolutional, so this is exact.
+        """
+        h, w = x01.shape[2:]
+        if tile is None or (h <= tile and w <= tile):
+            return self.analysis_transform(x01)
+        if tile % 16:
+            raise ValueError(f"tile must be a multiple of 16, got {tile}")
+        out = None
+        halo = self.HALO
+        for t in range(0, h, tile):
+            for l in range(0, w, tile):
+                b, r = min(h, t + tile), min(w, l + tile)
+                t0, l0, b0, r0 = max(0, t - halo), max(0, l - halo), min(h, b + halo), min(w, r + halo)
+                y = self.analysis_transform(x01[:, :, t0:b0, l0:r0])
+                if out is None:
+                    out = y.new_empty((x01.shape[0], y.shape[1], (h + 15) // 16, (w + 15) // 16))
+                ct, cl = (t - t0) // 16, (l - l0) // 16
+                out[:, :, t // 16 : (b + 15) // 16, l // 16 : (r + 15) // 16] = y[:, :, ct : ct + (b - t + 15) // 16, cl : cl + (r - l + 15) // 16]
+                if progress is not None:
+                    progress(1)
+        return out

@@ -156,6 +156,18 @@ def _requant(v: torch.Tensor) -> torch.Tensor:
     return torch.round(v * ONE).clamp_(-QMAX, QMAX)
 
 
+_CHUNK = 1 << 21  # elements per chunk of an element-wise function: bounds its temporaries
+
+
+def _elementwise(fn, q: torch.Tensor) -> torch.Tensor:
+    """fn on the activation grid, chunk by chunk (the IEEE formulas make ~10 temporaries)."""
+    flat = q.reshape(-1)
+    out = torch.empty_like(flat)
+    for i in range(0, flat.numel(), _CHUNK):
+        out[i : i + _CHUNK] = _requant(fn(from_fixed(flat[i : i + _CHUNK])))
+    return out.view(q.shape)
+
+
 class _QuantConv:
     """Integer weights of one convolution and the per-channel power-of-two scales."""
 
@@ -225,7 +237,7 @@ class ExactOps:
         return self._quant(layer)(q)
 
     def gelu(self, q: torch.Tensor) -> torch.Tensor:
-        return _requant(det_gelu(from_fixed(q)))
+        return _elementwise(det_gelu, q)
 
     def relu(self, q: torch.Tensor) -> torch.Tensor:
         return q.clamp_min(0.0)
@@ -237,7 +249,11 @@ class ExactOps:
         return torch.round((a * b) * (1.0 / ONE)).clamp_(-QMAX, QMAX)
 
     def tanh(self, q: torch.Tensor) -> torch.Tensor:
-        return _requant(det_tanh(from_fixed(q)))
+        return _elementwise(det_tanh, q)
+
+    def half_tanh(self, q: torch.Tensor) -> torch.Tensor:
+        """0.5 tanh(x), LRP's output nonlinearity."""
+        return _elementwise(lambda x: 0.5 * det_tanh(x), q)
 
     def layernorm(self, norm: nn.LayerNorm, q: torch.Tensor) -> torch.Tensor:
         # Sums in int64 are exact in any order; the rest is element-wise IEEE arithmetic.

@@ -26,7 +26,7 @@ from torch import nn
 
 from .blocks import FLOAT, Adapter, BasicBlock, Downsample, LRP, Stack, Upsample
 from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables, scale_table
-from .fixedpoint import FRAC_BITS, ONE, QMAX, ExactOps, det_tanh, from_fixed, to_fixed
+from .fixedpoint import FRAC_BITS, ONE, QMAX, ExactOps, from_fixed, to_fixed
 
 # Step i codes, for channel groups 0..3, these positions of each 2x2 cell
 # (0: even row/even col, 1: even/odd, 2: odd/even, 3: odd/odd).
@@ -216,8 +216,13 @@ class LatentCodec(nn.Module):
 
     # -- training ----------------------------------------------------------------------
 
-    def forward(self, latent, features=None, rate: torch.Tensor | int | None = None):
-        """Training pass: returns (ŷ, y likelihoods, z likelihoods)."""
+    def forward(self, latent, features=None, rate: torch.Tensor | int | None = None, noise: bool = False):
+        """Training pass: returns (ŷ, y likelihoods, z likelihoods).
+
+        ŷ is y rounded around the predicted means with a straight-through gradient, or,
+        with ``noise``, y plus uniform noise (Ballé et al.), which trains a network from
+        scratch more reliably; the likelihoods always use noise.
+        """
         y = self.g_a(latent, features).float()
         if self.cfg.rates:
             y = y * self._gain("gain_y", rate, y)
@@ -227,7 +232,7 @@ class LatentCodec(nn.Module):
         with torch.autocast(z.device.type, enabled=False):  # likelihoods need float32
             _, z_likelihoods = self.entropy_bottleneck(z)
         medians = self.entropy_bottleneck._get_medians()
-        z_hat = ste_round(z - medians) + medians
+        z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else ste_round(z - medians) + medians
         if self.cfg.rates:
             z_hat = z_hat * self._gain("gain_z_inv", rate, z_hat)
         base = self.h_s(z_hat)
@@ -239,7 +244,10 @@ class LatentCodec(nn.Module):
             means, scales = self._step_params(base, i)
             means_all = means_all + means * mask
             scales_all = scales_all + scales * mask
-            y_hat_i = (ste_round(y - means) + means) * mask
+            if noise:
+                y_hat_i = (y + torch.empty_like(y).uniform_(-0.5, 0.5)) * mask
+            else:
+                y_hat_i = (ste_round(y - means) + means) * mask
             lrp = 0.5 * torch.tanh(self.LRP[i](torch.cat([y_hat_i, base], dim=1))) * mask
             y_hat_i = y_hat_i + lrp
             base = base * (1 - mask) + y_hat_i
@@ -354,8 +362,7 @@ class LatentCodec(nn.Module):
             y_i[0][mask] = (sym.to(torch.float64) * ONE + mk.to(torch.float64) * 2.0 ** (FRAC_BITS - MEAN_BITS)).clamp(
                 -QMAX, QMAX
             )
-            lrp = self.LRP[i](torch.cat([y_i, base], dim=1), ops)
-            lrp = torch.round(0.5 * det_tanh(from_fixed(lrp)) * ONE)
+            lrp = ops.half_tanh(self.LRP[i](torch.cat([y_i, base], dim=1), ops))
             y_i[0][mask] = (y_i[0][mask] + lrp[0][mask]).clamp(-QMAX, QMAX)
             base[0][mask] = y_i[0][mask]
             total += y_i

@@ -13,6 +13,7 @@ colour correction and the container are the API's business.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,31 +21,50 @@ from torch import nn
 from .denoiser import OneStepDenoiser
 from .encoder import ElicAnalysis
 from .latent_codec import Compressed, LatentCodec
-from .vae import TiledVAE
-
-
-@dataclasses.dataclass
-class TilePlan:
-    """Tile sizes for each stage (None: the whole image at once)."""
-
-    vae_encoder: int | None = None  # image px
-    unet: int | None = None  # latent px
-    unet_overlap: int = 32
-    unet_batch: int = 1
-    vae_decoder: int | None = None  # latent px
+from ..tiling import MemoryPlan, run_windows
+from .vae import TiledVAE, VAEPlan
 
 
 class StableCodecModel(nn.Module):
-    def __init__(self, vae, unet, elic: ElicAnalysis, codec: LatentCodec, prompt_embedding: torch.Tensor,
-                 abar: float, scaling_factor: float):
+    """The composite model. The UNet (with the prompt embedding) is built by ``denoiser_loader``
+    on first decode, so encoding never loads its 865M parameters."""
+
+    def __init__(self, vae, elic: ElicAnalysis, codec: LatentCodec, denoiser_loader: Callable[[], OneStepDenoiser],
+                 scaling_factor: float, denoiser_bytes: int = 0):
         super().__init__()
+        self.denoiser_bytes = denoiser_bytes  # the UNet's weights (+ a transient text encoder), before loading
         self.vae = TiledVAE(vae)
         self.elic = elic
         self.codec = codec
-        self.denoiser = OneStepDenoiser(unet, prompt_embedding, abar)
+        self._denoiser_loader = denoiser_loader
+        self._denoiser: OneStepDenoiser | None = None
+        self._placement: tuple[str, torch.dtype] | None = None
         self.scaling_factor = scaling_factor
-        self.tiles = TilePlan()
+        self.plan = MemoryPlan()  # whole image at once; the API sets one per image
         self.progress = None
+
+    @property
+    def denoiser(self) -> OneStepDenoiser:
+        if self._denoiser is None:
+            den = self._denoiser_loader().eval()
+            if self._placement is not None:
+                den.to(device=self._placement[0], dtype=self._placement[1])
+            self._denoiser = den  # nn.Module registers it as a submodule
+        return self._denoiser
+
+    @property
+    def denoiser_loaded(self) -> bool:
+        return self._denoiser is not None
+
+    def resident_bytes(self, decoding: bool) -> int:
+        """Bytes of weights in memory while encoding or decoding (UNet estimated until loaded)."""
+        own = sum(t.numel() * t.element_size() for t in list(self.parameters()) + list(self.buffers()))
+        exact = 8 * sum(p.numel() for m in self.codec.parameter_modules() for p in m.parameters())  # float64 copies
+        if not decoding:
+            return own + exact
+        if self._denoiser is None:
+            return own + exact + self.denoiser_bytes
+        return own + exact  # the denoiser is a registered submodule once loaded
 
     @property
     def stride(self) -> int:
@@ -59,17 +79,23 @@ class StableCodecModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.elic.analysis_transform[0].weight.dtype
 
-    def float_modules(self) -> list[nn.Module]:
-        """Modules that may run at reduced precision and on an accelerator."""
+    def place(self, device: str, dtype: torch.dtype) -> None:
+        """Image-path modules to ``device``/``dtype``; the entropy-parameter path stays exact on CPU."""
+        self._placement = (device, dtype)
         c = self.codec
-        mods = [self.vae, self.elic, self.denoiser, c.g_a, c.g_s, c.h_a]
-        return mods + ([c.aux] if c.aux is not None else [])
+        for m in [self.vae, self.elic, c.g_a, c.g_s, c.h_a] + ([c.aux] if c.aux is not None else []):
+            m.to(device=device, dtype=dtype)
+        if self._denoiser is not None:
+            self._denoiser.to(device=device, dtype=dtype)
 
     @torch.no_grad()
     def compress(self, x01: torch.Tensor) -> Compressed:
+        p = self.plan
         x01 = x01.to(self.device, self.dtype)
-        l_sd = self.vae.encode(x01 * 2 - 1, tile=self.tiles.vae_encoder, progress=self.progress) * self.scaling_factor
-        l_aux = self.elic(x01)
+        vae_plan = VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
+        l_sd = self.vae.encode(x01 * 2 - 1, vae_plan, progress=self.progress) * self.scaling_factor
+        l_aux = self.elic(x01, tile=p.encoder_window, progress=self.progress)
+        del x01
         return self.codec.compress(l_sd, l_aux)
 
     @torch.no_grad()
@@ -81,13 +107,18 @@ class StableCodecModel(nn.Module):
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor) -> torch.Tensor:
         """ŷ -> image in [0, 1] (Eq. 3 and the VAE decoder)."""
+        p = self.plan
         y = y_hat.to(self.device, self.dtype)
-        l_t = self.codec.g_s(y)
-        r = self.codec.aux(y)
+        up = self.codec.cfg.stride  # y -> 1/8
+        w = p.synthesis_window
+        # g_s and aux are convolutional: 16 y px of context make windowed outputs exact.
+        l_t = self.codec.g_s(y) if w is None else run_windows(self.codec.g_s, y, w, 16, up=up)
+        r = self.codec.aux(y) if w is None else run_windows(self.codec.aux, y, w, 16, up=up)
         del y
-        t = self.tiles
-        l0 = self.denoiser(l_t, tile=t.unet, overlap=t.unet_overlap, batch=t.unet_batch, progress=self.progress)
+        l0 = self.denoiser(l_t, tile=p.unet_tile, overlap=32, batch=p.unet_batch, progress=self.progress)
         del l_t
         l0 = l0 + r
-        x = self.vae.decode(l0 / self.scaling_factor, tile=t.vae_decoder, progress=self.progress)
-        return ((x.clamp(-1, 1) + 1) / 2).float()
+        vae_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
+        x = self.vae.decode(l0 / self.scaling_factor, vae_plan, progress=self.progress)
+        del l0
+        return ((x.clamp_(-1, 1) + 1) / 2).float()
