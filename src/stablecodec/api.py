@@ -172,13 +172,15 @@ class Codec:
 
     ``model``: a registry name (``stablecodec models``) or None for the default; ``bpp``
     picks the registry model closest to a target rate instead. Decoding uses the model
-    named in each file's header and loads it when first needed.
+    named in each file's header and loads it when first needed. ``max_memory`` (e.g.
+    "9GB") bounds the process's peak memory: tiles are chosen per image to fit it;
+    ``tile_plan`` fixes them instead.
     """
 
     def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: str | os.PathLike | None = None,
                  sd_turbo=None, checkpoint=None, elic=None, device: str = "auto", precision: str = "auto",
                  color_fix: bool = True, alpha: str = "refuse", max_memory: str | int | None = None,
-                 progress: bool | Callable | None = None):
+                 progress: bool | Callable | None = None, tile_plan: "tiling.MemoryPlan | None" = None):
         if model is not None and bpp is not None:
             raise ConfigError("give either a model name or a target bpp, not both")
         if bpp is not None:
@@ -201,6 +203,7 @@ class Codec:
         except ValueError as e:
             raise ConfigError(f"--max-memory: {e}") from None
         self.progress = progress
+        self.tile_plan = tile_plan  # fixed tiles instead of the planner's (advanced use, tests)
         self._models: dict[str, Loaded] = {}
 
     # -- models --------------------------------------------------------------------------
@@ -244,11 +247,15 @@ class Codec:
     def _plan(self, loaded: Loaded, height: int, width: int) -> None:
         """Choose tiles for this image size within the budget (sets ``loaded.model.plan``)."""
         model = loaded.model
+        if self.tile_plan is not None:
+            model.plan, model.last_plan = self.tile_plan, self.tile_plan.describe() + " (given)"
+            return
         try:
             if hasattr(model, "denoiser_loaded"):
                 plan = tiling.plan_stablecodec(height, width, budget=self.budget, dtype_bytes=model.dtype.itemsize,
                                                weights_encode=model.resident_bytes(False),
-                                               weights_decode=model.resident_bytes(True))
+                                               weights_decode=model.resident_bytes(True),
+                                               widths=model.activation_widths())
             else:
                 plan = tiling.plan_lite(height, width, budget=self.budget,
                                         weights=sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -331,8 +338,6 @@ class Codec:
         loaded.model.progress = bar.update if bar is not None else None
         try:
             x = loaded.model.decompress(payload, header.symbol_crc, (hp, wp))
-        except ValueError as e:
-            raise FormatError(f"file does not decode: {e}") from None
         finally:
             if bar is not None:
                 bar.close()

@@ -2,20 +2,29 @@
 
 Exit status: 0 success; 1 failure (a user error such as a missing or corrupt file,
 missing weights, an image too large -- one line on stderr -- or any file of a batch
-failing); 2 usage error (bad option or argument); 130 interrupted (Ctrl-C), with no
-partial output left behind. Outputs are written to a temporary name and renamed, and an
-existing output is never replaced without ``--force``: a single file is refused, a file
-of a batch is skipped, so an interrupted batch resumes by running the same command.
+failing); 2 usage error (bad option or argument); 130 interrupted (Ctrl-C or SIGTERM),
+with no partial output left behind. Outputs are written to a temporary name and renamed,
+and an existing output is never replaced without ``--force``: a single file is refused,
+a file of a batch is skipped, so an interrupted batch resumes by running the same command.
+
+A batch (a folder, or several inputs) mirrors the inputs' relative paths under the output
+folder, loads the model once, shows one progress bar over files (on a terminal), goes on
+past a file that fails, and ends with a summary line; ``--json`` writes a per-file report.
+``--shard I/N`` keeps the files whose relative path hashes to part I of N
+(:func:`in_shard`), so the same command can run on N machines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import click
 
@@ -24,6 +33,11 @@ from .errors import StableCodecError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 SCDC = ".scdc"
+
+Shard = tuple[int, int]  # (I, N), 1 <= I <= N
+Job = tuple[str, str]  # (input, output); "-" for standard input/output
+#: ``work(input_bytes, input_name, output_name) -> (output_bytes, fields for the report)``
+Work = Callable[[bytes, str, str], "tuple[bytes, dict[str, Any]]"]
 
 
 class Failure(Exception):
@@ -34,12 +48,22 @@ def _fail(msg: str) -> None:
     click.echo(f"stablecodec: error: {msg}", err=True)
 
 
+def _note(msg: str) -> None:
+    click.echo(f"stablecodec: note: {msg}", err=True)
+
+
 # ---------------------------------------------------------------------------------------
 # Output files
 
 
 def write_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write via a temporary file in the same folder and rename; never clobber without force."""
+    """Write via a temporary file in the same folder and rename; never clobber without force.
+
+    The temporary file is ``.<name>.<pid>.part`` (hidden, so a folder walk skips it) and is
+    removed on any failure or interruption: ``path`` either has all of ``data`` or is not
+    touched. Raises :class:`FileExistsError` if ``path`` exists (or appears meanwhile) and
+    not ``force``.
+    """
     if path.exists() and not force:
         raise FileExistsError(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,17 +73,27 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if not force and path.exists():
-            raise FileExistsError(str(path))
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:  # atomic no-clobber: a hard link fails if the name exists
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise FileExistsError(str(path)) from None
+                os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _read_input(src: str) -> bytes:
     if src == "-":
-        return sys.stdin.buffer.read()
+        return click.get_binary_stream("stdin").read()
     p = Path(src)
     if not p.exists():
         raise Failure(f"{src}: no such file")
@@ -75,7 +109,8 @@ def _read_input(src: str) -> bytes:
 # Jobs: (input, output) pairs from the command line
 
 
-def _shard(spec: str | None):
+def parse_shard(spec: str | None) -> Shard | None:
+    """``"I/N"`` -> ``(I, N)``; None -> None. Raises :class:`click.BadParameter` (exit 2)."""
     if spec is None:
         return None
     try:
@@ -87,17 +122,35 @@ def _shard(spec: str | None):
     return i, n
 
 
-def in_shard(rel: str, shard) -> bool:
-    """Deterministic 1/N split by a hash of the relative path (stable when files are added)."""
+_shard = parse_shard  # the earlier name
+
+
+def in_shard(rel: str, shard: Shard | None) -> bool:
+    """Whether the file at relative path ``rel`` belongs to shard ``(I, N)`` (None: all do).
+
+    A hash (BLAKE2b) of the relative path, modulo N: deterministic on every machine, the N
+    shards partition any set of files, and adding or removing files never moves another
+    file to a different shard.
+    """
     if shard is None:
         return True
     i, n = shard
-    return int(hashlib.blake2b(rel.encode(), digest_size=8).hexdigest(), 16) % n == i - 1
+    return int.from_bytes(hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big") % n == i - 1
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
 
 
 def plan_jobs(inputs: tuple[str, ...], output: str | None, recursive: bool, exts: tuple[str, ...], out_suffix: str,
-              shard=None) -> tuple[list[tuple[str, str]], bool]:
-    """Returns the (source, destination) list and whether this is a batch (folder) run."""
+              shard: Shard | None = None) -> tuple[list[Job], bool]:
+    """The (input, output) list and whether this is a batch (a folder or several inputs).
+
+    A folder contributes its files with one of ``exts`` (its subfolders' too if
+    ``recursive``; hidden files and folders never), mirrored under ``output`` (default:
+    beside the inputs) with ``out_suffix``. Raises :class:`click.UsageError` (exit 2) for
+    impossible combinations and for two inputs that would write the same output.
+    """
     if not inputs:
         raise click.UsageError("no input given")
     dirs = [s for s in inputs if s != "-" and Path(s).is_dir()]
@@ -108,7 +161,7 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, recursive: bool, exts
             dst = output or "-"
         else:
             dst = output or str(Path(src).with_suffix(out_suffix))
-            if output and output != "-" and Path(output).is_dir():
+            if output and output != "-" and (Path(output).is_dir() or output.endswith(("/", os.sep))):
                 dst = str(Path(output) / (Path(src).stem + out_suffix))
         if src != "-" and dst != "-" and Path(src).resolve() == Path(dst).resolve():
             raise click.UsageError(f"output {dst} would overwrite the input")
@@ -119,20 +172,38 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, recursive: bool, exts
         raise click.UsageError("several inputs cannot go to standard output; give an output folder")
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         raise click.UsageError(f"output {output} must be a folder for several inputs")
-    jobs = []
+    jobs: list[tuple[str, str, str]] = []
     for s in inputs:
         p = Path(s)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             for f in sorted(it):
-                if f.is_file() and f.suffix.lower() in exts and not f.name.startswith("."):
-                    rel = f.relative_to(p)
+                rel = f.relative_to(p)
+                if f.suffix.lower() in exts and not _hidden(rel) and f.is_file():
                     base = Path(output) if output else p
                     jobs.append((str(f), str((base / rel).with_suffix(out_suffix)), rel.as_posix()))
         else:
             dst = (Path(output) / (p.stem + out_suffix)) if output else p.with_suffix(out_suffix)
             jobs.append((s, str(dst), p.name))
+    seen: dict[str, str] = {}
+    for src, dst, _ in jobs:
+        key = os.path.normcase(os.path.abspath(dst))
+        if key in seen:
+            raise click.UsageError(f"{seen[key]} and {src} would both be written to {dst}; "
+                                   "rename one of them or run them separately")
+        seen[key] = src
     return [(src, dst) for src, dst, rel in jobs if in_shard(rel, shard)], True
+
+
+def pick_model(bpp: float, weights_dir: str | os.PathLike | None = None) -> str:
+    """The name of the model closest to ``bpp`` (log scale) among those whose weights are
+    present, or among all models if none is (then loading it says what is missing)."""
+    from . import registry
+
+    wd = registry.weights_dir(weights_dir)
+    present = [m for m in registry.MODELS if registry.locate(m, wd).present]
+    pool = present or list(registry.MODELS)
+    return min(pool, key=lambda m: (abs(math.log(m.bpp / bpp)), m.name == "base")).name
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,11 +221,11 @@ def model_options(f):
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
                      help="auto: fp16/bf16 on CUDA, bf16 on CPUs with native bf16 (StableCodec models), else fp32."),
         click.option("--max-memory", metavar="SIZE", help="Peak memory budget, e.g. 9GB (default: 9GB on CUDA, what fits this machine on CPU)."),
-        click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs."),
+        click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs (default: refuse a file, skip it in a folder)."),
         click.option("--recursive", "-r", is_flag=True, help="Walk input folders recursively."),
-        click.option("--shard", metavar="I/N", help="Process only the I-th of N deterministic parts of the inputs."),
+        click.option("--shard", metavar="I/N", help="Process only the I-th of N deterministic parts of a folder's files."),
         click.option("--json", "json_report", type=click.Path(dir_okay=False), help="Write a per-file JSON report here."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar, notes or summary; errors only."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -174,10 +245,29 @@ def _tty() -> bool:
     return sys.stderr.isatty()
 
 
-def run_jobs(kind: str, jobs, batch: bool, work, force: bool, quiet: bool, json_report: str | None) -> int:
-    """Run ``work(src_bytes) -> (out_bytes, record)`` over jobs; report; return the exit status."""
-    records, failed, skipped, done = [], 0, 0, 0
-    total_bytes, t_start = 0, time.time()
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, quiet: bool,
+             json_report: str | None) -> int:
+    """Run ``work`` over jobs, write outputs atomically, report; return the exit status.
+
+    A failing file is reported (one line) and the run goes on; Ctrl-C stops after the
+    current file's temporary output is removed. Status: 0, 1 if any file failed, 130 if
+    interrupted.
+    """
+    records: list[dict[str, Any]] = []
+    failed = skipped = done = 0
+    total_bytes = total_pixels = 0
+    t_start = time.time()
     bar = None
     if batch and not quiet and _tty():
         from tqdm import tqdm
@@ -186,7 +276,8 @@ def run_jobs(kind: str, jobs, batch: bool, work, force: bool, quiet: bool, json_
     interrupted = False
     try:
         for src, dst in jobs:
-            rec = {"input": src, "output": dst, "bytes": None, "bpp": None, "seconds": None, "error": None}
+            rec: dict[str, Any] = {"input": src, "output": dst, "size": None, "bpp": None, "seconds": None,
+                                   "error": None, "skipped": False}
             t0 = time.time()
             try:
                 if dst != "-" and Path(dst).exists() and not force:
@@ -195,24 +286,40 @@ def run_jobs(kind: str, jobs, batch: bool, work, force: bool, quiet: bool, json_
                     rec["skipped"] = True
                     skipped += 1
                     records.append(rec)
+                    if bar:
+                        bar.update(1)
                     continue
+                if dst == "-" and _stdout_is_tty():
+                    raise Failure("refusing to write binary data to a terminal; redirect standard output or use -o FILE")
                 data = _read_input(src)
                 out, extra = work(data, src, dst)
                 if dst == "-":
-                    sys.stdout.buffer.write(out)
-                    sys.stdout.buffer.flush()
+                    stream = click.get_binary_stream("stdout")
+                    stream.write(out)
+                    stream.flush()
                 else:
                     write_atomic(Path(dst), out, force)
                 rec.update(extra)
                 rec["seconds"] = round(time.time() - t0, 3)
-                total_bytes += extra.get("bytes") or 0
+                total_bytes += extra.get("size") or 0
+                total_pixels += (extra.get("width") or 0) * (extra.get("height") or 0)
                 done += 1
             except FileExistsError:
-                rec["error"] = f"{dst} appeared while encoding; not overwritten (use --force)"
+                rec["error"] = f"{dst} appeared meanwhile; not overwritten (use --force)"
             except (StableCodecError, Failure) as e:
                 rec["error"] = str(e)
             except MemoryError:
                 rec["error"] = "out of memory; lower --max-memory or downscale the image"
+            except BrokenPipeError:
+                rec["error"] = "standard output was closed before the output was written"
+                _silence_stdout()
+            except OSError as e:
+                target = "standard output" if dst == "-" else dst
+                rec["error"] = f"cannot write {target} ({e.strerror or e}); check the folder's permissions and free space"
+            except Exception as e:  # noqa: BLE001 -- one broken file must not end a batch
+                if not batch:
+                    raise
+                rec["error"] = f"unexpected {type(e).__name__}: {str(e)[:200]} (please report this)"
             if rec["error"]:
                 failed += 1
                 msg = rec["error"] if rec["error"].startswith(src) or not batch else f"{src}: {rec['error']}"
@@ -223,30 +330,51 @@ def run_jobs(kind: str, jobs, batch: bool, work, force: bool, quiet: bool, json_
             records.append(rec)
             if bar:
                 bar.update(1)
-                bpps = [r["bpp"] for r in records if r.get("bpp") is not None]
-                if bpps:
-                    bar.set_postfix(bpp=f"{sum(bpps) / len(bpps):.4f}")
+                mean = _mean([r["bpp"] for r in records if r.get("bpp") is not None])
+                if mean is not None:
+                    bar.set_postfix(bpp=f"{mean:.4f}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if bar:
             bar.close()
     elapsed = time.time() - t_start
+    bpps = [r["bpp"] for r in records if r.get("bpp") is not None]
+    mean_bpp = _mean(bpps)
+    overall_bpp = total_bytes * 8 / total_pixels if total_pixels else None
+    if interrupted and not batch:
+        click.echo("stablecodec: interrupted; no output written", err=True)
     if batch and not quiet:
-        bpps = [r["bpp"] for r in records if r.get("bpp") is not None]
-        mean = f", mean {sum(bpps) / len(bpps):.4f} bpp" if bpps else ""
-        click.echo(f"{kind}: {done} done, {skipped} skipped, {failed} failed, {_size(total_bytes)} written{mean}, "
-                   f"{elapsed:.1f} s" + (" (interrupted)" if interrupted else ""), err=True)
+        rate = f"{overall_bpp:.4f} bpp overall, mean {mean_bpp:.4f} bpp" if mean_bpp is not None else "no bpp"
+        speed = f", {elapsed / done:.2f} s/file" if done else ""
+        click.echo(f"{kind}: {len(records)} of {len(jobs)} files: {done} done, {skipped} skipped, {failed} failed; "
+                   f"{_size(total_bytes)} compressed, {rate}; {elapsed:.1f} s{speed}"
+                   + (" (interrupted: run the same command again to resume)" if interrupted else ""), err=True)
+    status = 130 if interrupted else (1 if failed else 0)
     if json_report:
-        summary = {"files": len(records), "done": done, "skipped": skipped, "failed": failed, "bytes": total_bytes,
-                   "seconds": round(elapsed, 3), "interrupted": interrupted, "results": records}
-        write_atomic(Path(json_report), json.dumps(summary, indent=2).encode(), force=True)
-    if interrupted:
-        return 130
-    return 1 if failed else 0
+        summary = {"command": kind, "planned": len(jobs), "files": len(records), "done": done, "skipped": skipped,
+                   "failed": failed, "bytes": total_bytes, "pixels": total_pixels,
+                   "bpp": None if overall_bpp is None else round(overall_bpp, 6),
+                   "mean_bpp": None if mean_bpp is None else round(mean_bpp, 6),
+                   "seconds": round(elapsed, 3), "interrupted": interrupted, "exit_status": status, "results": records}
+        try:
+            write_atomic(Path(json_report), json.dumps(summary, indent=2).encode(), force=True)
+        except OSError as e:
+            _fail(f"cannot write the report {json_report} ({e.strerror or e})")
+            return status or 1
+    return status
 
 
-def _size(n: int) -> str:
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so Python's exit flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -19,11 +19,22 @@ LEVELS = (1 << 16) - 1
 EPS = 1e-5
 
 
+_ROWS = 256  # rows per chunk: float64 temporaries stay small for any image size
+
+
 def _moments(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and sqrt(unbiased variance + eps) of an (H, W, C) array."""
-    flat = img.reshape(-1, img.shape[-1]).astype(np.float64)
-    mean = flat.mean(axis=0)
-    var = flat.var(axis=0, ddof=1) if flat.shape[0] > 1 else np.zeros_like(mean)
+    """Per-channel mean and sqrt(unbiased variance + eps) of an (H, W, C) array (two passes, float64)."""
+    c = img.shape[-1]
+    n = img.shape[0] * img.shape[1]
+    total = np.zeros(c)
+    for r in range(0, img.shape[0], _ROWS):
+        total += img[r : r + _ROWS].reshape(-1, c).sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros(c)
+    for r in range(0, img.shape[0], _ROWS):
+        d = img[r : r + _ROWS].reshape(-1, c).astype(np.float64) - mean
+        sq += (d * d).sum(axis=0)
+    var = sq / (n - 1) if n > 1 else np.zeros(c)
     return mean, np.sqrt(var + EPS)
 
 
@@ -48,5 +59,9 @@ def apply(img: np.ndarray, stats: tuple[int, ...]) -> np.ndarray:
     if img.ndim != 3 or img.shape[-1] != len(mu_t):
         raise ValueError(f"img has shape {img.shape}, the statistics are for {len(mu_t)} channels")
     mean, std = _moments(img)
-    out = (img.astype(np.float64) - mean) / std * sigma_t + mu_t
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    gain = (sigma_t / std).astype(np.float32)
+    offset = (mu_t - mean * sigma_t / std).astype(np.float32)
+    out = np.empty(img.shape, dtype=np.float32)
+    for r in range(0, img.shape[0], _ROWS):
+        np.clip(img[r : r + _ROWS] * gain + offset, 0.0, 1.0, out=out[r : r + _ROWS])
+    return out

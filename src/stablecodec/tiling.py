@@ -157,6 +157,7 @@ class MemoryPlan:
     vae_enc_band: int | None = None  # elements per band of the banded VAE encoder
     vae_enc_spill: bool = False
     unet_tile: int | None = None  # latent px (the paper: 96, overlap 32)
+    unet_overlap: int = 32
     unet_batch: int = 1
     vae_dec_band: int | None = None
     vae_dec_spill: bool = False
@@ -203,16 +204,25 @@ def _px(kind: str, pixels: int, scale: float) -> int:
 
 
 def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, weights_encode: int,
-                     weights_decode: int) -> MemoryPlan:
+                     weights_decode: int, widths: dict[str, float] | None = None) -> MemoryPlan:
     """The fastest plan whose estimated peak fits ``budget`` (bytes, whole process).
 
     ``height``/``width``: the padded image size; ``weights_*``: bytes of weights resident
     while encoding / decoding. Stages run one after another, so a phase's peak is the
     weights and runtime, what persists across the phase, and its own working memory.
-    Raises ValueError when even the weights do not fit.
+    ``widths``: each stage's channel width relative to the released model's (keys "vae",
+    "unet", "elic", "codec"; activations scale with them). Raises ValueError when even
+    the weights do not fit, or when the smallest tiles still do not.
     """
     px = height * width
     sc = dtype_bytes / 4.0
+    wd = {"vae": 1.0, "unet": 1.0, "elic": 1.0, "codec": 1.0, **(widths or {})}
+
+    def _px(kind: str, pixels: int, scale: float) -> int:
+        stage = {"vae_enc": "vae", "vae_enc_band": "vae", "vae_dec": "vae", "vae_dec_band": "vae", "elic": "elic",
+                 "gs_aux": "codec", "exact": "codec"}.get(kind)
+        return int(_PER_PX[kind] * pixels * scale * (wd[stage] if stage else 1.0))
+
     usable = int(0.9 * budget)  # the estimates are within about 10 % of measurements
     base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
     if max(base_e, base_d) > usable:
@@ -237,10 +247,10 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
     for tile in (1024, 512, 256):
         if image + elic <= room_e:
             break
-        elic_tile, elic = tile, int(_PER_PX["elic"] * sc * (tile + 288) ** 2)
+        elic_tile, elic = tile, _px("elic", (tile + 288) ** 2, sc)
     gs_window, gs = None, _px("gs_aux", px, sc)
     if gs > room_d:
-        gs_window, gs = 32, int(_PER_PX["gs_aux"] * sc * (64 * 64) ** 2)
+        gs_window, gs = 32, _px("gs_aux", (64 * 64) ** 2, sc)
     est_e = base_e + image + max(vae_e, elic, exact)
 
     # Decoding: exact path, g_s and aux, the UNet (l_T kept), the VAE decoder (output kept),
@@ -249,9 +259,10 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
     out = int(12 * px)
     latent_px = px // 64
     unet_tile, unet_batch = None, 1
-    unet = _UNET_PER_LATENT_PX * latent_px * sc
+    per_latent = _UNET_PER_LATENT_PX * sc * wd["unet"]
+    unet = per_latent * latent_px
     if latent_px > 96 * 96 or l_t + unet > room_d:
-        unet_tile, unet = 96, _UNET_PER_LATENT_PX * 96 * 96 * sc
+        unet_tile, unet = 96, per_latent * 96 * 96
         while unet_batch < 4 and l_t + unet * (unet_batch + 1) <= 0.6 * room_d:
             unet_batch += 1
         unet *= unet_batch
@@ -263,6 +274,9 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
             dec_spill, vae_d = True, band_work
     post = 3 * out
     est_d = base_d + max(exact, gs, l_t + int(unet), out + vae_d, post)
+    if max(est_e, est_d) > budget:
+        raise ValueError(f"a {width}x{height} image needs about {max(est_e, est_d) / GB:.1f} GB even in the "
+                         f"smallest tiles, over the memory budget ({budget / GB:.1f} GB); raise --max-memory")
     return MemoryPlan(encoder_window=elic_tile, synthesis_window=gs_window, vae_enc_band=enc_band,
                       vae_enc_spill=enc_spill, unet_tile=unet_tile, unet_batch=unet_batch, vae_dec_band=dec_band,
                       vae_dec_spill=dec_spill, estimate_encode=int(est_e), estimate_decode=int(est_d))

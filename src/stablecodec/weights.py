@@ -275,7 +275,8 @@ def load_released(sd_turbo: Path, checkpoint: Path, elic: Path):
         return OneStepDenoiser(released_unet(sd_turbo, unet_state), prompt_embedding(sd_turbo), abar)
 
     model = StableCodecModel(vae, elic_net, codec, denoiser, float(vae.config.scaling_factor),
-                             denoiser_bytes=_dir_bytes(sd_turbo / "unet") + _dir_bytes(sd_turbo / "text_encoder"))
+                             denoiser_bytes=_dir_bytes(sd_turbo / "unet") + _dir_bytes(sd_turbo / "text_encoder"),
+                             unet_width=_unet_width(sd_turbo / "unet" / "config.json"))
     return model.eval(), fp
 
 
@@ -361,6 +362,13 @@ def _read_safetensors(path: Path, only: str | None = None, exclude: str | None =
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
     return tensors, meta
+
+
+def _unet_width(config: Path) -> int | None:
+    try:
+        return int(json.loads(Path(config).read_text())["block_out_channels"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _dir_bytes(folder: Path) -> int:
@@ -462,7 +470,8 @@ def load_converted(path: Path):
         return OneStepDenoiser(unet.eval(), prompt, abar)
 
     model = StableCodecModel(vae.eval(), elic, codec, denoiser, scaling,
-                             denoiser_bytes=_safetensors_bytes(path).get("unet", 0))
+                             denoiser_bytes=_safetensors_bytes(path).get("unet", 0),
+                             unet_width=unet_cfg.get("block_out_channels", [320])[0])
     return model.eval(), meta["fingerprint"], meta
 
 

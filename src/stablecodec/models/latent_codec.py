@@ -24,6 +24,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
+from ..errors import FormatError
 from .blocks import FLOAT, Adapter, BasicBlock, Downsample, LRP, Stack, Upsample
 from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables, scale_table
 from .fixedpoint import FRAC_BITS, ONE, QMAX, ExactOps, from_fixed, to_fixed
@@ -323,7 +324,7 @@ class LatentCodec(nn.Module):
         """ŷ (float64, CPU) from a payload; raises DesyncError if the symbols fail their check."""
         h, w = y_shape
         if h % 4 or w % 4 or h < 4 or w < 4:
-            raise ValueError(f"latent shape {y_shape} is not a multiple of the hyperprior's stride")
+            raise FormatError(f"latent shape {y_shape} is not a multiple of the hyperprior's stride")
         gaussian, z_tables, medians = self.tables()
         reader = StreamReader(payload)
         zc = self.cfg.M // 2

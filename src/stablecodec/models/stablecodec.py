@@ -30,9 +30,10 @@ class StableCodecModel(nn.Module):
     on first decode, so encoding never loads its 865M parameters."""
 
     def __init__(self, vae, elic: ElicAnalysis, codec: LatentCodec, denoiser_loader: Callable[[], OneStepDenoiser],
-                 scaling_factor: float, denoiser_bytes: int = 0):
+                 scaling_factor: float, denoiser_bytes: int = 0, unet_width: int | None = None):
         super().__init__()
         self.denoiser_bytes = denoiser_bytes  # the UNet's weights (+ a transient text encoder), before loading
+        self._unet_width = unet_width  # the UNet's first block width, known from its config before loading
         self.vae = TiledVAE(vae)
         self.elic = elic
         self.codec = codec
@@ -65,6 +66,13 @@ class StableCodecModel(nn.Module):
         if self._denoiser is None:
             return own + exact + self.denoiser_bytes
         return own + exact  # the denoiser is a registered submodule once loaded
+
+    def activation_widths(self) -> dict[str, float]:
+        """Each stage's width relative to the released model (the memory planner scales by it)."""
+        vae_ch = self.vae.vae.config.block_out_channels
+        elic_n = self.elic.analysis_transform[0].out_channels
+        unet = {"unet": self._unet_width / 320.0} if self._unet_width else {}
+        return {"vae": vae_ch[0] / 128.0, "elic": elic_n / 192.0, "codec": self.codec.cfg.M / 320.0, **unet}
 
     @property
     def stride(self) -> int:
@@ -115,7 +123,7 @@ class StableCodecModel(nn.Module):
         l_t = self.codec.g_s(y) if w is None else run_windows(self.codec.g_s, y, w, 16, up=up)
         r = self.codec.aux(y) if w is None else run_windows(self.codec.aux, y, w, 16, up=up)
         del y
-        l0 = self.denoiser(l_t, tile=p.unet_tile, overlap=32, batch=p.unet_batch, progress=self.progress)
+        l0 = self.denoiser(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
         del l_t
         l0 = l0 + r
         vae_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
