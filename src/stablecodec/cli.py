@@ -16,6 +16,7 @@ past a file that fails, and ends with a summary line; ``--json`` writes a per-fi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -23,13 +24,18 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
+from .cli_eval import eval_command
 from .errors import StableCodecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Codec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 SCDC = ".scdc"
@@ -66,7 +72,10 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
     """
     if path.exists() and not force:
         raise FileExistsError(str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder should be: not "the output exists"
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its folder", str(path.parent)) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         with open(tmp, "wb") as f:
@@ -93,7 +102,7 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
 
 def _read_input(src: str) -> bytes:
     if src == "-":
-        return click.get_binary_stream("stdin").read()
+        return sys.stdin.buffer.read()
     p = Path(src)
     if not p.exists():
         raise Failure(f"{src}: no such file")
@@ -135,7 +144,8 @@ def in_shard(rel: str, shard: Shard | None) -> bool:
     if shard is None:
         return True
     i, n = shard
-    return int.from_bytes(hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big") % n == i - 1
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n == i - 1
 
 
 def _hidden(rel: Path) -> bool:
@@ -196,21 +206,17 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, recursive: bool, exts
 
 
 def pick_model(bpp: float, weights_dir: str | os.PathLike | None = None) -> str:
-    """The name of the model closest to ``bpp`` (log scale) among those whose weights are
-    present, or among all models if none is (then loading it says what is missing)."""
+    """The name of the model closest to ``bpp`` among those whose weights are present."""
     from . import registry
 
-    wd = registry.weights_dir(weights_dir)
-    present = [m for m in registry.MODELS if registry.locate(m, wd).present]
-    pool = present or list(registry.MODELS)
-    return min(pool, key=lambda m: (abs(math.log(m.bpp / bpp)), m.name == "base")).name
+    return registry.closest(bpp, weights=registry.weights_dir(weights_dir)).name
 
 
 # ---------------------------------------------------------------------------------------
 # Shared options
 
 
-def model_options(f):
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--model", "-m", metavar="NAME", help="Model name (see `stablecodec models`); default: lite-3 or $STABLECODEC_MODEL."),
         click.option("--weights-dir", type=click.Path(file_okay=False), help="Folder of model weights (default: $STABLECODEC_HOME, else the user data dir)."),
@@ -226,19 +232,22 @@ def model_options(f):
         click.option("--shard", metavar="I/N", help="Process only the I-th of N deterministic parts of a folder's files."),
         click.option("--json", "json_report", type=click.Path(dir_okay=False), help="Write a per-file JSON report here."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, notes or summary; errors only."),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet (slow first image; meant for GPUs, untested there)."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _codec(model=None, bpp=None, weights_dir=None, sd_turbo=None, checkpoint=None, elic=None, device="auto",
-           precision="auto", max_memory=None, color_fix=True, alpha="refuse", quiet=False):
+def _codec(model: str | None = None, bpp: float | None = None, weights_dir: str | None = None,
+           sd_turbo: str | None = None, checkpoint: str | None = None, elic: str | None = None, device: str = "auto",
+           precision: str = "auto", max_memory: str | None = None, color_fix: bool = True, alpha: str = "refuse",
+           quiet: bool = False, compile_: bool = False) -> Codec:
     from .api import Codec
 
     return Codec(model, bpp=bpp, weights_dir=weights_dir, sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic,
                  device=device, precision=precision, max_memory=max_memory, color_fix=color_fix, alpha=alpha,
-                 progress=None if quiet else _tty())
+                 progress=None if quiet else _tty(), compile=compile_)
 
 
 def _tty() -> bool:
@@ -252,10 +261,6 @@ def _stdout_is_tty() -> bool:
         return False
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, quiet: bool,
              json_report: str | None) -> int:
     """Run ``work`` over jobs, write outputs atomically, report; return the exit status.
@@ -267,7 +272,8 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
     records: list[dict[str, Any]] = []
     failed = skipped = done = 0
     total_bytes = total_pixels = 0
-    t_start = time.time()
+    bpp_sum, bpp_count = 0.0, 0
+    t_start = time.perf_counter()
     bar = None
     if batch and not quiet and _tty():
         from tqdm import tqdm
@@ -278,7 +284,7 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
         for src, dst in jobs:
             rec: dict[str, Any] = {"input": src, "output": dst, "size": None, "bpp": None, "seconds": None,
                                    "error": None, "skipped": False}
-            t0 = time.time()
+            t0 = time.perf_counter()
             try:
                 if dst != "-" and Path(dst).exists() and not force:
                     if not batch:
@@ -293,16 +299,13 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
                     raise Failure("refusing to write binary data to a terminal; redirect standard output or use -o FILE")
                 data = _read_input(src)
                 out, extra = work(data, src, dst)
-                if dst == "-":
-                    stream = click.get_binary_stream("stdout")
-                    stream.write(out)
-                    stream.flush()
-                else:
-                    write_atomic(Path(dst), out, force)
+                _write(dst, out, force)
                 rec.update(extra)
-                rec["seconds"] = round(time.time() - t0, 3)
+                rec["seconds"] = round(time.perf_counter() - t0, 3)
                 total_bytes += extra.get("size") or 0
                 total_pixels += (extra.get("width") or 0) * (extra.get("height") or 0)
+                if extra.get("bpp") is not None:
+                    bpp_sum, bpp_count = bpp_sum + extra["bpp"], bpp_count + 1
                 done += 1
             except FileExistsError:
                 rec["error"] = f"{dst} appeared meanwhile; not overwritten (use --force)"
@@ -310,13 +313,9 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
                 rec["error"] = str(e)
             except MemoryError:
                 rec["error"] = "out of memory; lower --max-memory or downscale the image"
-            except BrokenPipeError:
-                rec["error"] = "standard output was closed before the output was written"
-                _silence_stdout()
-            except OSError as e:
-                target = "standard output" if dst == "-" else dst
-                rec["error"] = f"cannot write {target} ({e.strerror or e}); check the folder's permissions and free space"
-            except Exception as e:  # noqa: BLE001 -- one broken file must not end a batch
+            except OSError as e:  # e.g. a full disk under a spill-to-file buffer
+                rec["error"] = f"system error: {e.strerror or e}"
+            except Exception as e:  # one broken file must not end a batch
                 if not batch:
                     raise
                 rec["error"] = f"unexpected {type(e).__name__}: {str(e)[:200]} (please report this)"
@@ -329,18 +328,16 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
                     _fail(msg)
             records.append(rec)
             if bar:
+                if bpp_count:
+                    bar.set_postfix(bpp=f"{bpp_sum / bpp_count:.4f}", refresh=False)
                 bar.update(1)
-                mean = _mean([r["bpp"] for r in records if r.get("bpp") is not None])
-                if mean is not None:
-                    bar.set_postfix(bpp=f"{mean:.4f}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if bar:
             bar.close()
-    elapsed = time.time() - t_start
-    bpps = [r["bpp"] for r in records if r.get("bpp") is not None]
-    mean_bpp = _mean(bpps)
+    elapsed = time.perf_counter() - t_start
+    mean_bpp = bpp_sum / bpp_count if bpp_count else None
     overall_bpp = total_bytes * 8 / total_pixels if total_pixels else None
     if interrupted and not batch:
         click.echo("stablecodec: interrupted; no output written", err=True)
@@ -363,6 +360,25 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
             _fail(f"cannot write the report {json_report} ({e.strerror or e})")
             return status or 1
     return status
+
+
+def _write(dst: str, out: bytes, force: bool) -> None:
+    """Standard output or an atomic file; write errors become one-line failures."""
+    try:
+        if dst == "-":
+            stream = sys.stdout.buffer
+            stream.write(out)
+            stream.flush()
+        else:
+            write_atomic(Path(dst), out, force)
+    except FileExistsError:
+        raise
+    except BrokenPipeError:
+        _silence_stdout()
+        raise Failure("standard output was closed before the output was written") from None
+    except OSError as e:
+        target = "standard output" if dst == "-" else dst
+        raise Failure(f"cannot write {target} ({e.strerror or e}); check the folder's permissions and free space") from None
 
 
 def _silence_stdout() -> None:
@@ -400,35 +416,53 @@ def cli() -> None:
     """
 
 
+def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
+    hint = "" if recursive else "; use -r to include subfolders"
+    _note(f"no {what} found in {', '.join(inputs)}{hint}")
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", help="Output file, folder (several inputs) or - for standard output.")
-@click.option("--bpp", type=float, metavar="TARGET", help="Pick the model closest to this bit rate.")
+@click.option("--bpp", type=click.FloatRange(min=0, min_open=True), metavar="TARGET",
+              help="Pick the model closest to this bit rate among those whose weights are present.")
 @click.option("--alpha", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True,
               help="What to do with an alpha channel.")
 @model_options
 def encode(inputs, output, bpp, alpha, model, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-           force, recursive, shard, json_report, quiet):
+           force, recursive, shard, json_report, quiet, compile_):
     """Compress images (files, folders, or - for standard input) to .scdc."""
     if model and bpp:
         raise click.UsageError("give either --model or --bpp, not both")
-    jobs, batch = plan_jobs(inputs, output, recursive, IMAGE_EXTENSIONS, SCDC, _shard(shard))
+    if bpp and (sd_turbo or checkpoint or elic):
+        raise click.UsageError("--bpp picks a named model; with --sd-turbo/--checkpoint/--elic the files give the model")
+    jobs, batch = plan_jobs(inputs, output, recursive, IMAGE_EXTENSIONS, SCDC, parse_shard(shard))
+    if batch and not jobs and shard is None and not quiet:
+        _nothing_found(inputs, "images (" + ", ".join(IMAGE_EXTENSIONS) + ")", recursive)
     try:
-        codec = _codec(model, bpp, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-                       alpha=alpha, quiet=quiet)
+        if bpp:
+            model = pick_model(bpp, weights_dir)
+            if not quiet:
+                from . import registry
+
+                _note(f"--bpp {bpp:g}: model {model} (typically {registry.get(model).bpp:g} bpp)")
+        codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
+                       alpha=alpha, quiet=quiet, compile_=compile_)
+        if batch and any(force or not Path(dst).exists() for _, dst in jobs):
+            codec.get_model()  # once, before the loop: missing weights fail once, not per file
     except StableCodecError as e:
         _fail(str(e))
         sys.exit(1)
 
-    def work(data: bytes, src: str, dst: str):
+    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
         from .imageio import load
 
         notes: list[str] = []
-        img = load(data if src == "-" else src, alpha=alpha)
+        img = load(data, alpha=alpha, name="standard input" if src == "-" else src)
         out = codec.encode(img, notes=notes)
         if notes and not quiet and not batch:
-            click.echo(f"stablecodec: note: {'; '.join(notes)}", err=True)
-        return out, {"bytes": len(out), "bpp": round(len(out) * 8 / (img.width * img.height), 6),
+            _note("; ".join(notes))
+        return out, {"size": len(out), "bpp": round(len(out) * 8 / (img.width * img.height), 6),
                      "width": img.width, "height": img.height, "notes": notes}
 
     sys.exit(run_jobs("encode", jobs, batch, work, force, quiet, json_report))
@@ -438,27 +472,33 @@ def encode(inputs, output, bpp, alpha, model, weights_dir, sd_turbo, checkpoint,
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", help="Output image (format from its extension, PNG by default), folder, or -.")
 @click.option("--no-color-fix", is_flag=True, help="Skip the AdaIN colour correction (Eq. 9).")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "tiff", "bmp"]), help="Output format for folders and -.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "tiff", "bmp"]),
+              help="Output format for folders, - and output names without an extension (default: png).")
 @model_options
 def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, checkpoint, elic, device, precision,
-           max_memory, force, recursive, shard, json_report, quiet):
+           max_memory, force, recursive, shard, json_report, quiet, compile_):
     """Decompress .scdc files (files, folders, or - for standard input) to images."""
     suffix = f".{fmt}" if fmt else ".png"
-    jobs, batch = plan_jobs(inputs, output, recursive, (SCDC,), suffix, _shard(shard))
+    jobs, batch = plan_jobs(inputs, output, recursive, (SCDC,), suffix, parse_shard(shard))
+    if batch and not jobs and shard is None and not quiet:
+        _nothing_found(inputs, f"{SCDC} files", recursive)
     try:
         codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-                       color_fix=not no_color_fix, quiet=quiet)
+                       color_fix=not no_color_fix, quiet=quiet, compile_=compile_)
     except StableCodecError as e:
         _fail(str(e))
         sys.exit(1)
 
-    def work(data: bytes, src: str, dst: str):
+    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
         from .imageio import encode_image, format_for
 
         img = codec.decode(data)
-        target = fmt.upper().replace("JPG", "JPEG") if fmt and (dst == "-" or not Path(dst).suffix) else format_for(None if dst == "-" else dst)
-        return encode_image(img, target), {"bytes": len(data), "bpp": round(len(data) * 8 / (img.width * img.height), 6),
-                                           "width": img.width, "height": img.height}
+        if dst == "-" or not Path(dst).suffix:
+            target = {"jpg": "JPEG"}.get(fmt, (fmt or "png").upper())
+        else:
+            target = format_for(dst)
+        return encode_image(img, target), {"size": len(data), "bpp": round(len(data) * 8 / (img.width * img.height), 6),
+                                           "width": img.width, "height": img.height, "format": target}
 
     sys.exit(run_jobs("decode", jobs, batch, work, force, quiet, json_report))
 
@@ -529,7 +569,7 @@ def convert(sd_turbo, checkpoint, elic, output, name, weights_dir, force):
 
     if name is None:
         stem = Path(checkpoint).stem
-        name = stem[len("stablecodec_"):] if stem.startswith("stablecodec_") else stem
+        name = stem.removeprefix("stablecodec_")
     try:
         spec = registry.get(name)
         out = Path(output) if output else registry.weights_dir(weights_dir) / spec.converted
@@ -543,12 +583,31 @@ def convert(sd_turbo, checkpoint, elic, output, name, weights_dir, force):
     click.echo(f"wrote {out} (model {spec.name}, fingerprint {fp})")
 
 
-def main() -> None:
+cli.add_command(eval_command)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (schedulers, kill) stops as cleanly as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: exit statuses 0, 1, 2 and 130 (see the module docstring)."""
     try:
-        cli.main(prog_name="stablecodec", standalone_mode=True)
-    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, _terminate)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    try:
+        rv = cli.main(args=argv, prog_name="stablecodec", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        # click turns Ctrl-C outside run_jobs (e.g. while a model loads) into Abort
+        if isinstance(e, click.exceptions.Abort) and isinstance(e.__cause__, EOFError):
+            sys.exit(1)
         click.echo("stablecodec: interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
