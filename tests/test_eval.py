@@ -185,23 +185,24 @@ def test_matched_rate_is_the_best_setting_under_the_budget(codec):
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_below_the_lowest_rate_the_image_is_downscaled(codec):
-    img = Image.fromarray(u8(smooth_image(160, 192, seed=7)))
+    # Large enough that AVIF's ~300-byte container still fits under the reduced budget.
+    img = Image.fromarray(u8(smooth_image(224, 256, seed=7)))
     b = ev.BASELINES[codec]
-    pixels = 160 * 192
+    pixels = 224 * 256
     lowest = ev.bpp_of(len(b.encode(img, b.qmin)), pixels)
-    m = ev.MatchedRate(img).search(b, lowest * 0.6)
-    if m.quality is None:  # AVIF's container alone can outweigh a small budget
-        assert m.note.startswith("unreachable")
-        return
-    assert m.scale != "1" and 0 < m.scale_factor < 1 and "downscaled" in m.note
-    assert m.bpp <= lowest * 0.6 and m.reconstruction.shape == (160, 192, 3)
-    assert all(c.bpp <= lowest * 0.6 for c in m.candidates)
-    assert m.reconstruction is not None and ev.psnr(ev.as_uint8_rgb(np.asarray(img)), m.reconstruction) == max(
-        c.psnr for c in m.candidates)
-    # bpp is counted against the original's pixels, not the downscaled image's.
-    w, h = max(1, round(192 * m.scale_factor)), max(1, round(160 * m.scale_factor))
+    target = lowest * 0.6
+    m = ev.MatchedRate(img).search(b, target)
+    assert m.quality is not None and m.scale != "1" and 0 < m.scale_factor < 1 and "downscaled" in m.note
+    assert m.bpp <= target and m.reconstruction.shape == (224, 256, 3)
+    assert len(m.candidates) > 1 and all(c.bpp <= target for c in m.candidates)
+    # The scale with the best PSNR wins, and the reported PSNR is that of the upscaled result.
+    assert ev.psnr(u8(np.asarray(img)), m.reconstruction) == max(c.psnr for c in m.candidates)
+    # The file is that of the downscaled image; bpp counts the original's pixels.
+    w, h = max(1, round(256 * m.scale_factor)), max(1, round(224 * m.scale_factor))
     small = img.resize((w, h), Image.LANCZOS)
-    assert m.bytes == len(b.encode(small, m.quality))
+    assert m.bytes == len(b.encode(small, m.quality)) and m.bpp == ev.bpp_of(m.bytes, pixels)
+    # ...and at that scale, it is the best quality that fits.
+    assert all(ev.bpp_of(len(b.encode(small, q)), pixels) > target for q in range(m.quality + 1, b.qmax + 1))
 
 
 def test_absurd_target_is_unreachable_not_an_error():
@@ -306,3 +307,31 @@ def test_a_bad_image_fails_the_run_but_not_the_others(photos, tmp_path):
     assert len(errors) == 1 and "broken.png" in errors[0] and "not an image" in errors[0]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert {x["image"] for x in doc["results"]} == {"a.png", "b.png"} and len(doc["errors"]) == 1
+
+
+def test_interrupt_keeps_what_was_measured(photos, tmp_path, monkeypatch):
+    calls = []
+    real = ev.MatchedRate.search
+
+    def search(self, codec, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, codec, target)
+
+    monkeypatch.setattr(ev.MatchedRate, "search", search)
+    r = run(photos, "--model", "none", "--bpp", "1,2", "--baselines", "jpeg", "--json", tmp_path / "r.json", "-q")
+    assert r.exit_code == 130 and "interrupted" in r.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["interrupted"] is True and len(doc["results"]) == 1
+
+
+def test_model_plan(monkeypatch):
+    monkeypatch.delenv("STABLECODEC_MODEL", raising=False)
+    assert [r.name for r in ev.plan_models([], [])] == ["lite-3"]
+    assert [(r.name, r.explicit) for r in ev.plan_models(["ft8,ft2", "ft8"], [0.1])] == [("ft8", True), ("ft2", True)]
+    assert ev.plan_models(["none"], [0.1]) == []
+    # One model per target, closest in log rate; a model closest to two targets is run once;
+    # the fine-tuned ft2 rather than "base", which shares its typical rate.
+    plan = ev.plan_models([], [0.035, 0.0101, 0.0099], family="stablecodec")
+    assert [(r.name, r.target_bpp) for r in plan] == [("ft2", 0.035), ("ft16", 0.0101)]

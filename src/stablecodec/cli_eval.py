@@ -82,7 +82,7 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
       stablecodec eval kodak/ --model ft2 --model ft8 --weights-dir W --csv kodak.csv
       stablecodec eval photos/ --bpp 0.01,0.03,0.1 --baselines jpeg,webp,avif --plot rd/
     """
-    from .cli import _fail, _tty, write_atomic
+    from .cli import Failure, _fail, _tty, write_atomic
     from .evaluate import BASELINES, METRICS, Evaluation, find_images, format_table, plot_files, to_csv, to_json
 
     targets = _floats(bpp, "--bpp")
@@ -106,13 +106,13 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
     try:
         for p in outputs:
             if p.exists() and not force:
-                raise _Failure(f"{p} exists; use --force to overwrite")
+                raise Failure(f"{p} exists; use --force to overwrite")
         images = find_images(inputs, recursive)
         ev = Evaluation(models=models, targets=targets, baselines=baseline_names, family=family,
                         weights_dir=weights_dir, device=device, precision=precision, max_memory=max_memory,
                         alpha=alpha, note=note)
         if not ev.models and not ev.baselines:
-            raise _Failure("nothing to evaluate: no model weights installed and no baselines")
+            raise Failure("nothing to evaluate: no model weights installed and no baselines")
         if not quiet and _tty():
             from tqdm import tqdm
 
@@ -130,14 +130,14 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
             write_atomic(Path(json_path), to_json(report).encode(), force)
         if plot_dir:
             _write_plots(Path(plot_dir), report, force, note, plot_files, write_atomic)
-    except (StableCodecError, _Failure) as e:
+    except (StableCodecError, Failure) as e:
         _fail(str(e))
         sys.exit(1)
     except FileExistsError as e:
         _fail(f"{e} appeared while evaluating; not overwritten (use --force)")
         sys.exit(1)
-    except OSError as e:
-        _fail(f"{getattr(e, 'filename', None) or 'output'}: cannot write ({e.strerror or e})")
+    except OSError as e:  # reading a folder or writing a report
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         sys.exit(1)
     except MemoryError:
         _fail("out of memory; lower --max-memory or evaluate smaller images")
@@ -146,10 +146,6 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
         click.echo("stablecodec: interrupted; the reports hold what was measured so far", err=True)
         sys.exit(130)
     sys.exit(1 if report.errors else 0)
-
-
-class _Failure(Exception):
-    """A one-line message for the user; exits with status 1."""
 
 
 def _write_plots(folder: Path, report, force: bool, note, plot_files, write_atomic) -> None:

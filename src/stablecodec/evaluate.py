@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import imageio, registry
+from . import imageio, registry, tiling
 from .errors import ConfigError, StableCodecError, WeightsError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -162,21 +162,26 @@ def extract_patches(image: np.ndarray, size: int = 256, shift: int = 128) -> np.
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """FID between two feature sets (N, D): |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)."""
-    import scipy.linalg
-
     if len(real) < 2 or len(fake) < 2:
         return math.nan
     real, fake = real.astype(np.float64), fake.astype(np.float64)
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = _sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         # Singular products (fewer samples than dimensions) need the usual ridge.
         eps = np.eye(s1.shape[0]) * 1e-6
-        covmean, _ = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps), disp=False)
+        covmean = _sqrtm((s1 + eps) @ (s2 + eps))
     covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def _sqrtm(m: np.ndarray) -> np.ndarray:
+    import scipy.linalg
+
+    out = scipy.linalg.sqrtm(m)
+    return out[0] if isinstance(out, tuple) else out  # older SciPy may return (sqrtm, error)
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
@@ -481,7 +486,9 @@ class MatchedRate:
         self.reference = as_uint8_rgb(np.asarray(original))
         self._scaled: dict[str, Image.Image] = {}
         self._data: dict[tuple[str, str, int], bytes] = {}
-        self._decoded: dict[tuple[str, str, int], tuple[np.ndarray, float]] = {}
+        # Only PSNRs are kept: full-size reconstructions of every scale tried would take
+        # gigabytes on 2K images; the chosen one is decoded again.
+        self._psnr: dict[tuple[str, str, int], float] = {}
 
     def _image_at(self, scale: str, factor: float) -> Image.Image | None:
         if scale == "1":
@@ -499,15 +506,17 @@ class MatchedRate:
             self._data[key] = codec.encode(image, q)
         return self._data[key]
 
-    def _decode(self, codec: Baseline, scale: str, q: int) -> tuple[np.ndarray, float]:
+    def _reconstruct(self, codec: Baseline, scale: str, q: int) -> np.ndarray:
+        img = codec.decode(self._data[(codec.name, scale, q)], self.original.mode)
+        if img.size != self.original.size:
+            img = img.resize(self.original.size, Image.LANCZOS)
+        return as_uint8_rgb(np.asarray(img))
+
+    def _psnr_of(self, codec: Baseline, scale: str, q: int) -> float:
         key = (codec.name, scale, q)
-        if key not in self._decoded:
-            img = codec.decode(self._data[key], self.original.mode)
-            if img.size != self.original.size:
-                img = img.resize(self.original.size, Image.LANCZOS)
-            rec = as_uint8_rgb(np.asarray(img))
-            self._decoded[key] = (rec, psnr(self.reference, rec))
-        return self._decoded[key]
+        if key not in self._psnr:
+            self._psnr[key] = psnr(self.reference, self._reconstruct(codec, scale, q))
+        return self._psnr[key]
 
     def search(self, codec: Baseline, target_bpp: float) -> Match:
         """The codec at its best setting with bpp <= target (see docs/evaluation.md)."""
@@ -534,11 +543,11 @@ class MatchedRate:
             if q is None:
                 continue
             nbytes = size_of(q)
-            rec, p = self._decode(codec, scale, q)
             if scale == "1":
                 # Reachable at full size: the best setting there is the answer, no resampling.
-                return Match(codec.name, target_bpp, q, scale, factor, nbytes, bpp_of(nbytes, self.pixels), rec, [])
-            candidates.append(Candidate(scale, q, nbytes, bpp_of(nbytes, self.pixels), p))
+                return Match(codec.name, target_bpp, q, scale, factor, nbytes, bpp_of(nbytes, self.pixels),
+                             self._reconstruct(codec, scale, q), [])
+            candidates.append(Candidate(scale, q, nbytes, bpp_of(nbytes, self.pixels), self._psnr_of(codec, scale, q)))
         if not candidates:
             lowest = (f"; its smallest file ({codec.name} q={codec.qmin} at scale {smallest[1]}) is "
                       f"{bpp_of(smallest[0], self.pixels):.4g} bpp") if smallest else ""
@@ -546,7 +555,7 @@ class MatchedRate:
                          note=f"unreachable: no setting at any scale down to {last} fits {target_bpp:g} bpp{lowest}")
         # Highest PSNR; on a tie the larger scale (earlier in the list) wins.
         best = max(candidates, key=lambda c: (c.psnr, -candidates.index(c)))
-        rec, _ = self._decode(codec, best.scale, best.quality)
+        rec = self._reconstruct(codec, best.scale, best.quality)
         factor = dict(SCALES)[best.scale]
         return Match(codec.name, target_bpp, best.quality, best.scale, factor, best.bytes, best.bpp, rec, candidates,
                      note=f"downscaled {best.scale} (Lanczos), coded, upscaled back (Lanczos)")
@@ -645,6 +654,10 @@ def plan_models(names: Sequence[str], targets: Sequence[float], family: str = "l
         chosen: dict[str, ModelRequest] = {}
         for t in targets:
             spec = registry.closest(t, family=family)
+            if spec.name == "base":
+                # "base" (before fine-tuning) ties with ft2 at 0.035 bpp; the fine-tuned model is the one meant.
+                spec = min((m for m in registry.MODELS if m.family == family),
+                           key=lambda m: (abs(math.log(m.bpp / t)), m.name == "base"))
             chosen.setdefault(spec.name, ModelRequest(spec.name, t, False))
         return list(chosen.values())
     return [ModelRequest(registry.default_name(), None, False)]
@@ -678,6 +691,10 @@ class Evaluation:
         self.device = api.resolve_device(device)
         if precision not in api.PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(api.PRECISIONS)}, got {precision!r}")
+        try:
+            tiling.parse_size(max_memory)
+        except ValueError as e:
+            raise ConfigError(f"--max-memory: {e}") from None
         self.precision, self.max_memory, self.alpha = precision, max_memory, alpha
         if alpha not in ("refuse", "drop"):
             raise ConfigError(f"alpha must be 'refuse' or 'drop', got {alpha!r}")
@@ -785,14 +802,15 @@ class Evaluation:
         interrupted = False
         try:
             for req in self.models:
-                results.extend(self._run_model(req, images, load, measure, fail, advance))
+                # Rows are appended as they are measured, so Ctrl-C keeps everything done so far.
+                self._run_model(req, images, load, measure, fail, advance, results)
             if self.baselines and self.targets:
                 for path, name in images:
                     img = load(path, name)
                     if img is None:
                         advance(len(self.baselines) * len(self.targets))
                         continue
-                    results.extend(self._run_baselines(img, name, measure, fail, advance))
+                    self._run_baselines(img, name, measure, fail, advance, results)
         except KeyboardInterrupt:
             interrupted = True
         dataset: dict[str, dict[str, float]] = {}
@@ -808,11 +826,11 @@ class Evaluation:
         return Report([n for _, n in images], results, summarize(results, dataset), list(self.notes), errors,
                       self.settings, self.metrics.available, interrupted)
 
-    def _run_model(self, req: ModelRequest, images, load, measure, fail, advance) -> list[Result]:
+    def _run_model(self, req: ModelRequest, images: Sequence[tuple[Path, str]], load: Callable, measure: Callable,
+                   fail: Callable[[str], None], advance: Callable[[int], Any], out: list[Result]) -> None:
         from .api import Codec
 
         spec = registry.get(req.name)
-        out: list[Result] = []
         try:
             codec = Codec(req.name, weights_dir=self.weights_dir, device=self.device, precision=self.precision,
                           max_memory=self.max_memory, alpha=self.alpha, progress=False)
@@ -820,11 +838,11 @@ class Evaluation:
         except StableCodecError as e:
             fail(f"model {req.name}: {e}")
             advance(len(images))
-            return out
+            return
         except MemoryError:
             fail(f"model {req.name}: out of memory while loading; lower --max-memory or use a smaller model")
             advance(len(images))
-            return out
+            return
         try:
             for path, name in images:
                 img = load(path, name)
@@ -851,10 +869,9 @@ class Evaluation:
                 import torch
 
                 torch.cuda.empty_cache()
-        return out
 
-    def _run_baselines(self, img: imageio.LoadedImage, name: str, measure, fail, advance) -> list[Result]:
-        out: list[Result] = []
+    def _run_baselines(self, img: imageio.LoadedImage, name: str, measure: Callable, fail: Callable[[str], None],
+                       advance: Callable[[int], Any], out: list[Result]) -> None:
         search = MatchedRate(imageio.to_pil(img.pixels))
         for codec in self.baselines:
             for target in self.targets:
@@ -871,7 +888,6 @@ class Evaluation:
                     measure(res, name, search.reference, m.reconstruction)
                 out.append(res)
                 advance(1)
-        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -881,6 +897,13 @@ class Evaluation:
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return float(np.mean(vals)) if vals else None
+
+
+def _range(prefix: str, values: list[int]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    return f"{prefix}{lo}" if lo == hi else f"{prefix}{lo}..{hi}"
 
 
 def summarize(results: Sequence[Result], dataset: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
@@ -899,7 +922,7 @@ def summarize(results: Sequence[Result], dataset: dict[str, dict[str, float]] | 
         labels = {f: s for s, f in SCALES}
         entry: dict[str, Any] = {
             "codec": first.codec,
-            "setting": first.setting if model else (f"q={min(qualities)}..{max(qualities)}" if qualities else ""),
+            "setting": first.setting if model else _range("q=", qualities),
             "target_bpp": first.target_bpp,
             "images": len(rows),
             "reached": len(reached),
@@ -1013,8 +1036,11 @@ def plot_files(report: Report) -> dict[str, bytes]:
             y = s.get(metric)
             if s["bpp"] is None or y is None or not math.isfinite(y):
                 continue
-            lines.setdefault(s["codec"], []).append((s["bpp"], y, s["setting"] if s["codec"] in ("lite", "stablecodec")
-                                                     else ""))
+            label = s["setting"] if s["codec"] in ("lite", "stablecodec") else ""
+            if s["reached"] < s["images"]:
+                # A mean over fewer images is not comparable with its neighbours: say so on the point.
+                label = f"{label} ({s['reached']}/{s['images']} images)".strip()
+            lines.setdefault(s["codec"], []).append((s["bpp"], y, label))
         if not lines:
             continue
         fig = Figure(figsize=(6, 4.2), dpi=120)
@@ -1026,6 +1052,7 @@ def plot_files(report: Report) -> dict[str, bytes]:
                 if label:
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
+        ax.set_title(f"{len(report.images)} images", fontsize=9)
         ax.set_xlabel("bits per pixel")
         better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
         ax.set_ylabel(f"{METRIC_LABELS[metric]} ({better} is better)")
