@@ -87,3 +87,10 @@ def test_layernorm_matches_torch():
 def test_pow2_is_exact():
     k = torch.arange(-1000, 1001, dtype=torch.float64)
     assert torch.equal(fx._pow2(k), torch.tensor([math.ldexp(1.0, int(v)) for v in k], dtype=torch.float64))
+
+
+def test_tables_give_exactly_the_formulas_results():
+    q = torch.cat([torch.arange(-600_000, 600_000, 7, dtype=torch.float64),
+                   torch.tensor([-fx.QMAX, fx.QMAX, -9 * fx.ONE, 9 * fx.ONE], dtype=torch.float64)])
+    for name, fn in (("gelu", fx.det_gelu), ("half_tanh", fx._half_tanh)):
+        assert torch.equal(fx._table(name, fn)(q), fx._elementwise(fn, q))

@@ -19,12 +19,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
+
 
 import numpy as np
 
 from . import colorfix, container, imageio, registry, tiling
 from .errors import ConfigError, FormatError, LimitError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import PIL.Image
+
+ImageLike = Union[str, "os.PathLike[str]", bytes, "PIL.Image.Image", np.ndarray, imageio.LoadedImage]
+PathLike = Union[str, "os.PathLike[str]"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -100,7 +107,8 @@ def place(model, device: str, precision: str) -> None:
     model.place(device, getattr(torch, _DTYPES[precision]))
 
 
-def load(name: str | None = None, *, weights_dir=None, sd_turbo=None, checkpoint=None, elic=None) -> Loaded:
+def load(name: str | None = None, *, weights_dir: PathLike | None = None, sd_turbo: PathLike | None = None,
+         checkpoint: PathLike | None = None, elic: PathLike | None = None) -> Loaded:
     """Load a model by registry name, or from explicit released files (CPU, float32)."""
     from . import weights
 
@@ -177,14 +185,18 @@ class Codec:
     ``tile_plan`` fixes them instead.
     """
 
-    def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: str | os.PathLike | None = None,
-                 sd_turbo=None, checkpoint=None, elic=None, device: str = "auto", precision: str = "auto",
+    def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: PathLike | None = None,
+                 sd_turbo: PathLike | None = None, checkpoint: PathLike | None = None, elic: PathLike | None = None,
+                 device: str = "auto", precision: str = "auto",
                  color_fix: bool = True, alpha: str = "refuse", max_memory: str | int | None = None,
-                 progress: bool | Callable | None = None, tile_plan: "tiling.MemoryPlan | None" = None):
+                 progress: bool | Callable | None = None, tile_plan: "tiling.MemoryPlan | None" = None,
+                 compile: bool = False):
         if model is not None and bpp is not None:
             raise ConfigError("give either a model name or a target bpp, not both")
         if bpp is not None:
-            model = registry.closest(bpp, family=None if sd_turbo or checkpoint else "lite").name
+            if sd_turbo or checkpoint or elic:
+                raise ConfigError("a target bpp picks a named model; it cannot be combined with explicit weight files")
+            model = registry.closest(bpp, weights=registry.weights_dir(weights_dir)).name
         if model is not None:
             registry.get(model)
         if alpha not in ("refuse", "drop"):
@@ -204,6 +216,7 @@ class Codec:
             raise ConfigError(f"--max-memory: {e}") from None
         self.progress = progress
         self.tile_plan = tile_plan  # fixed tiles instead of the planner's (advanced use, tests)
+        self.compile = compile
         self._models: dict[str, Loaded] = {}
 
     # -- models --------------------------------------------------------------------------
@@ -223,6 +236,8 @@ class Codec:
             device = resolve_device(self._device_arg)
             family = "lite" if loaded.name.startswith("lite") else "stablecodec"
             place(loaded.model, device, resolve_precision(self._precision_arg, device, family))
+            if self.compile and hasattr(loaded.model, "enable_compile"):
+                loaded.model.enable_compile()
             self._models[key] = loaded
             if loaded.name != key:
                 self._models[loaded.name] = loaded
@@ -295,7 +310,7 @@ class Codec:
 
     # -- coding --------------------------------------------------------------------------
 
-    def encode(self, image, *, notes: list[str] | None = None) -> bytes:
+    def encode(self, image: ImageLike, *, notes: list[str] | None = None) -> bytes:
         """Compress an image (path, bytes, PIL image, or float/uint8 array HxWxC) to ``.scdc`` bytes."""
         import torch
 
@@ -304,11 +319,10 @@ class Codec:
             notes.extend(img.notes)
         container.check_size(img.width, img.height)
         loaded = self.get_model()
-        stats = colorfix.statistics(img.pixels)
-        pix = np.repeat(img.pixels, 3, axis=2) if img.grey else img.pixels
-        # Code 8-bit values, as a decoder's user would see them; stats used full precision.
-        pix = np.round(pix * 255.0) / 255.0
-        x = torch.from_numpy(np.ascontiguousarray(pix.transpose(2, 0, 1)))[None].float()
+        stats = colorfix.statistics(img.pixels)  # from the full-precision original (16-bit stays 16-bit)
+        x = torch.from_numpy(img.pixels).permute(2, 0, 1)[None]
+        x = x.expand(1, 3, -1, -1).contiguous() if img.grey else x.contiguous()
+        x.mul_(255.0).round_().div_(255.0)  # code the 8-bit values a user sees
         x = pad_to_multiple(x, loaded.model.stride)
         self._plan(loaded, x.shape[2], x.shape[3])
         bar = self._progress("encode", x.shape[2] * x.shape[3])
@@ -323,7 +337,7 @@ class Codec:
                                   height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey)
         return container.pack(header, comp.payload)
 
-    def decode(self, data: bytes):
+    def decode(self, data: bytes) -> "PIL.Image.Image":
         """``.scdc`` bytes -> PIL image (8-bit RGB, or L for a greyscale original)."""
         return imageio.to_pil(self.decode_array(data))
 
@@ -350,7 +364,7 @@ class Codec:
         return np.clip(pix, 0.0, 1.0)
 
 
-def _as_loaded(image, alpha: str) -> imageio.LoadedImage:
+def _as_loaded(image: ImageLike, alpha: str) -> imageio.LoadedImage:
     if isinstance(image, imageio.LoadedImage):
         return image
     if isinstance(image, np.ndarray):
@@ -365,17 +379,17 @@ def _as_loaded(image, alpha: str) -> imageio.LoadedImage:
     return imageio.load(image, alpha=alpha)
 
 
-def encode(image, model: str | None = None, **kwargs) -> bytes:
+def encode(image: ImageLike, model: str | None = None, **kwargs: Any) -> bytes:
     """Compress one image with a fresh :class:`Codec` (see there for the options)."""
     return Codec(model, **kwargs).encode(image)
 
 
-def decode(data: bytes, **kwargs):
+def decode(data: bytes, **kwargs: Any) -> "PIL.Image.Image":
     """Decompress ``.scdc`` bytes to a PIL image with the model named in the header."""
     return Codec(**kwargs).decode(data)
 
 
-def info(data: bytes) -> dict:
+def info(data: bytes) -> dict[str, Any]:
     """What a ``.scdc`` file says about itself, without loading a model."""
     header, crc_ok = container.peek(data)
     spec = registry.by_code(header.model_code)

@@ -84,13 +84,21 @@ def default_name() -> str:
     return name
 
 
-def closest(bpp: float, family: str | None = None) -> ModelSpec:
-    """The model whose typical rate is closest to ``bpp`` (in log scale)."""
+def closest(bpp: float, family: str | None = None, weights: Path | None = None) -> ModelSpec:
+    """The model whose typical rate is closest to ``bpp`` (in log scale), never "base".
+
+    With ``weights`` (a weights directory), models whose weights are present there (or
+    bundled) are preferred; if none is, the closest of all is returned and loading it
+    says what is missing.
+    """
     import math
 
     if not bpp > 0:
         raise ConfigError(f"--bpp must be positive, got {bpp}")
-    pool = [m for m in MODELS if family is None or m.family == family]
+    pool = [m for m in MODELS if (family is None or m.family == family) and m.name != "base"]
+    if weights is not None:
+        present = [m for m in pool if locate(m, Path(weights)).present]
+        pool = present or pool
     return min(pool, key=lambda m: abs(math.log(m.bpp / bpp)))
 
 

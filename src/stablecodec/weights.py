@@ -40,6 +40,27 @@ FORMAT = "stablecodec-weights/1"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local files; never reach for a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the libraries' loading bars are noise to our users
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _quiet_libraries() -> None:
+    """No per-shard progress bars or advisory logging from diffusers/transformers."""
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except Exception:  # logging knobs moved between versions; silence is best-effort
+        pass
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:
+        pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +225,7 @@ def _elic_from_state(g_a: dict[str, torch.Tensor], what: str):
 
 
 def _from_pretrained(cls, folder: Path, what: str):
+    _quiet_libraries()
     if not folder.is_dir():
         raise WeightsError(f"SD-Turbo {what} not found: {folder} (expected a diffusers folder)")
     try:
@@ -216,16 +238,56 @@ def _from_pretrained(cls, folder: Path, what: str):
 
 
 def prompt_embedding(sd_turbo: Path) -> torch.Tensor:
-    """The fixed prompt through SD-Turbo's tokenizer and text encoder (last hidden state)."""
+    """The fixed prompt through SD-Turbo's tokenizer and text encoder (last hidden state).
+
+    Computed once and cached on disk (keyed by the text encoder's and tokenizer's files),
+    so decoding does not load the 340M-parameter text encoder again.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = _files_key(Path(sd_turbo) / "text_encoder", Path(sd_turbo) / "tokenizer")
+    for cache in _cache_dirs(Path(sd_turbo)):
+        f = cache / f"prompt-{key}.safetensors"
+        if f.is_file():
+            try:
+                return load_file(str(f))["prompt_embedding"]
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                pass
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tok = _from_pretrained(CLIPTokenizer, sd_turbo / "tokenizer", "tokenizer")
     enc = _from_pretrained(CLIPTextModel, sd_turbo / "text_encoder", "text encoder").eval()
     ids = tok(PROMPT, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        emb = enc(ids)[0].float()
+        emb = enc(ids)[0].float().contiguous()
     del enc
+    for cache in _cache_dirs(Path(sd_turbo)):
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / f".prompt-{key}.{os.getpid()}.part"
+            save_file({"prompt_embedding": emb}, str(tmp))
+            os.replace(tmp, cache / f"prompt-{key}.safetensors")
+            break
+        except OSError:  # read-only weights: try the next place
+            continue
     return emb
+
+
+def _cache_dirs(sd_turbo: Path) -> list[Path]:
+    import platformdirs
+
+    return [sd_turbo / ".stablecodec-cache", Path(platformdirs.user_cache_dir("stablecodec", appauthor=False))]
+
+
+def _files_key(*folders: Path) -> str:
+    """A key that changes when any file of the folders changes (names, sizes, times)."""
+    h = hashlib.blake2b(digest_size=8)
+    for folder in folders:
+        for f in sorted(Path(folder).glob("*")) if Path(folder).is_dir() else []:
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    h.update(PROMPT.encode())
+    return h.hexdigest()
 
 
 def _scheduler_abar(sd_turbo: Path) -> float:

@@ -8,8 +8,9 @@ checkpoint is used; names follow ``elic_official.pth`` (``elic-g_a-keys.tsv``).
 
 from __future__ import annotations
 
-from compressai.layers import AttentionBlock
 from torch import nn
+
+from ._compressai import AttentionBlock
 
 
 def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:

@@ -33,6 +33,12 @@ _ESCAPE_NBITS_MAX = 24
 _PAD = b"\xff"  # completes a trimmed last word (see StreamWriter.finish)
 
 
+def _coder_error(e: BaseException) -> bool:
+    """Whether constriction rejected a stream: it raises AssertionError or ValueError, or a
+    Rust panic surfaces as pyo3's PanicException (a BaseException, so checked by name)."""
+    return isinstance(e, Exception) or type(e).__name__ == "PanicException"
+
+
 def scale_table() -> torch.Tensor:
     """exp(linspace(ln 0.11, ln 256, 64)), the same float64 values on every machine."""
     lo, hi = det_log(torch.tensor(SCALE_MIN, dtype=torch.float64)), det_log(torch.tensor(SCALE_MAX, dtype=torch.float64))
@@ -224,9 +230,14 @@ class StreamWriter:
     def _decodes_to_log(self, data: bytes) -> bool:
         pad = (-len(data)) % 4
         dec = self._cs.stream.queue.RangeDecoder(np.frombuffer(data + _PAD * pad, dtype=">u4").astype(np.uint32))
-        for model, sym in self._log:
-            if not np.array_equal(np.asarray(dec.decode(model, len(sym))).reshape(-1), sym):
-                return False
+        try:
+            for model, sym in self._log:
+                if not np.array_equal(np.asarray(dec.decode(model, len(sym))).reshape(-1), sym):
+                    return False
+        except BaseException as e:
+            if not _coder_error(e):
+                raise
+            return False  # this shorter tail is not a valid stream
         return True
 
 
@@ -246,20 +257,27 @@ class StreamReader:
         table_ids = np.ascontiguousarray(table_ids, dtype=np.int64).ravel()
         values = np.zeros(table_ids.shape, dtype=np.int64)
         uniform = self._cs.stream.model.Uniform
-        for t, idx in _group(table_ids):
-            table = tables[t]
-            sym = np.asarray(self._dec.decode(table.model(), len(idx)), dtype=np.int64)
-            v = sym - table.offset
-            for j in np.flatnonzero(sym == table.escape).tolist():
-                neg = int(self._dec.decode(uniform(2)))
-                nbits = int(self._dec.decode(uniform(_ESCAPE_NBITS_MAX + 1)))
-                mag = 0
-                if nbits > 1:
-                    mag = (1 << (nbits - 1)) + self._decode_bits(nbits - 1)
-                elif nbits == 1:
-                    mag = 1
-                v[j] = -(table.offset + 1 + mag) if neg else (table.escape - table.offset + mag)
-            values[idx] = v
+        try:
+            for t, idx in _group(table_ids):
+                table = tables[t]
+                sym = np.asarray(self._dec.decode(table.model(), len(idx)), dtype=np.int64)
+                v = sym - table.offset
+                for j in np.flatnonzero(sym == table.escape).tolist():
+                    neg = int(self._dec.decode(uniform(2)))
+                    nbits = int(self._dec.decode(uniform(_ESCAPE_NBITS_MAX + 1)))
+                    mag = 0
+                    if nbits > 1:
+                        mag = (1 << (nbits - 1)) + self._decode_bits(nbits - 1)
+                    elif nbits == 1:
+                        mag = 1
+                    v[j] = -(table.offset + 1 + mag) if neg else (table.escape - table.offset + mag)
+                values[idx] = v
+        except BaseException as e:
+            if not _coder_error(e):
+                raise
+            raise DesyncError(
+                "the entropy decoder found invalid data: this file was made with other weights or is damaged"
+            ) from None
         values32 = values.astype(np.int32)
         self.crc = zlib.crc32(values32.astype("<i4").tobytes(), self.crc)
         return values32

@@ -21,10 +21,11 @@ import dataclasses
 
 import numpy as np
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+
 from torch import nn
 
 from ..errors import FormatError
+from ._compressai import entropy_bottleneck, gaussian_conditional
 from .blocks import FLOAT, Adapter, BasicBlock, Downsample, LRP, Stack, Upsample
 from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables, scale_table
 from .fixedpoint import FRAC_BITS, ONE, QMAX, ExactOps, from_fixed, to_fixed
@@ -190,8 +191,8 @@ class LatentCodec(nn.Module):
         self.g_c = SpatialContext(ctx, cfg.context_depth)
         self.adapter_out = nn.ModuleList(Adapter(ctx, M * 2) for _ in range(4))
         self.LRP = nn.ModuleList(LRP(M * 2, M) for _ in range(4))
-        self.entropy_bottleneck = EntropyBottleneck(M // 2)
-        self.gaussian_conditional = GaussianConditional(None)
+        self.entropy_bottleneck = entropy_bottleneck(M // 2)
+        self.gaussian_conditional = gaussian_conditional()
         if cfg.rates:
             self.gain_y = nn.Parameter(torch.ones(cfg.rates, M))
             self.gain_y_inv = nn.Parameter(torch.ones(cfg.rates, M))

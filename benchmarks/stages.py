@@ -1,0 +1,194 @@
+"""Time every stage like the paper's Table 6, with FLOPs and the ratio to the machine's floor.
+
+    python benchmarks/stages.py --model full --size 768x512 --precision bf16 fp32 [--cache DIR]
+    python benchmarks/stages.py --model lite --size 768x512 --precision fp32
+
+For each precision: the model is loaded once (load time reported), then each stage runs
+--repeat times on a smooth synthetic image (content does not change compute) and the
+median is reported: VAE encoder, ELIC encoder, g_a (+ h_a), entropy encoding (the exact
+context model and the range coder), entropy decoding, g_s, the auxiliary decoder, the
+UNet, the VAE decoder (for ``lite``: its analysis, g_a, entropy coding, g_s, synthesis).
+FLOPs come from ``torch.utils.flop_counter`` (2 per multiply-add, convolutions and
+matmuls only); the floor is FLOPs divided by the machine's dense matmul rate at that
+precision, measured here on a 4096^3 GEMM. Prints JSON lines and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / min(ts)
+
+
+def flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def timed(fn, repeat: int) -> float:
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int):
+    import stablecodec
+    from stablecodec.api import place
+
+    t0 = time.perf_counter()
+    codec = stablecodec.Codec("ft8", weights_dir=cache, device="cpu", precision=precision)
+    loaded = codec.get_model()
+    m = loaded.model
+    m.denoiser  # noqa: B018 -- load the UNet now, counted as model load
+    load_s = time.perf_counter() - t0
+    dt = m.dtype
+    x = torch.rand(1, 3, h, w, dtype=dt)
+    c = m.codec
+    st = {}
+    with torch.no_grad():
+        l_sd = m.vae.encode(x * 2 - 1) * m.scaling_factor
+        l_aux = m.elic(x)
+        y = c.g_a(l_sd, l_aux)
+        comp = c.compress_y(y.float().cpu())
+        y_hat = comp.y_hat.to(dt)
+        l_t = c.g_s(y_hat)
+        r = c.aux(y_hat)
+        l0 = m.denoiser(l_t) + r
+        st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1))
+        st["ELIC encoder"] = (lambda: m.elic(x))
+        st["g_a + h_a"] = (lambda: c.h_a(c.g_a(l_sd, l_aux)))
+        st["entropy encoding"] = (lambda: c.compress_y(y.float().cpu()))
+        st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape))
+        st["g_s"] = (lambda: c.g_s(y_hat))
+        st["auxiliary decoder"] = (lambda: c.aux(y_hat))
+        st["UNet"] = (lambda: m.denoiser(l_t))
+        st["VAE decoder"] = (lambda: m.vae.decode(l0 / m.scaling_factor))
+        return load_s, st
+
+
+def lite_stages(precision: str, h: int, w: int, repeat: int):
+    import stablecodec
+
+    t0 = time.perf_counter()
+    codec = stablecodec.Codec("lite-3", device="cpu", precision=precision)
+    m = codec.get_model().model
+    load_s = time.perf_counter() - t0
+    x = torch.rand(1, 3, h, w, dtype=m.dtype)
+    net, c = m.net, m.net.codec
+    st = {}
+    with torch.no_grad():
+        f = net.analysis(x)
+        y = c.g_a(f).float() * c.gain_y[m.rate].detach()[None, :, None, None]
+        comp = c.compress_y(y)
+        y_hat = c.dequantize(comp.y_hat, m.rate).to(m.dtype)
+        g = c.g_s(y_hat)
+        st["analysis"] = (lambda: net.analysis(x))
+        st["g_a + h_a"] = (lambda: c.h_a(c.g_a(f)))
+        st["entropy encoding"] = (lambda: c.compress_y(y))
+        st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape, m.rate))
+        st["g_s"] = (lambda: c.g_s(y_hat))
+        st["synthesis"] = (lambda: net.synthesis(g))
+    return load_s, st
+
+
+def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str], out: str | None) -> None:
+    """Decode one file at each precision side by side: wall time and relative L2 to float32."""
+    import numpy as np
+
+    import stablecodec
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([0.5 + 0.4 * np.sin(xx / 97 + c) * np.cos(yy / 71 - c) for c in range(3)], -1)
+    img = np.clip(img + 0.02 * rng.standard_normal(img.shape).astype(np.float32), 0, 1)
+    kw = dict(weights_dir=cache) if model != "lite-3" else {}
+    data = stablecodec.Codec(model, device="cpu", precision="fp32", **kw).encode(img)
+    ref = None
+    for prec in precisions:
+        codec = stablecodec.Codec(model, device="cpu", precision=prec, **kw)
+        codec.decode_array(data)  # loads the model and warms up
+        t = time.perf_counter()
+        x = codec.decode_array(data)
+        sec = time.perf_counter() - t
+        if prec == "fp32":
+            ref = x
+        rel = None if ref is None else float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+        row = {"compare": "decode", "model": model, "size": f"{w}x{h}", "precision": prec, "seconds": round(sec, 2),
+               "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads()}
+        print(json.dumps(row), flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["full", "lite"], default="full")
+    ap.add_argument("--size", default="768x512", help="WIDTHxHEIGHT")
+    ap.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/stablecodec-bench/full"))
+    ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--compare", action="store_true", help="whole decodes side by side (fp32 first) instead of stages")
+    a = ap.parse_args()
+    w, h = (int(v) for v in a.size.split("x"))
+    if a.model == "full":
+        sys.path.insert(0, str(HERE))
+        from full_size import ensure_release
+
+        ensure_release(Path(a.cache))
+    if a.compare:
+        precs = ["fp32"] + [p for p in a.precision if p != "fp32"]
+        compare_decode(Path(a.cache), "ft8" if a.model == "full" else "lite-3", h, w, precs, a.out)
+        return
+    rows = []
+    for prec in a.precision:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        rate = matmul_rate(dtype)
+        load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat) if a.model == "full" else lite_stages(prec, h, w, a.repeat)
+        total = {"encode": 0.0, "decode": 0.0}
+        for name, fn in stages.items():
+            with torch.no_grad():
+                fl = flops(fn)
+                sec = timed(fn, a.repeat)
+            floor = fl / rate
+            row = {"model": a.model, "size": a.size, "precision": prec, "stage": name, "seconds": round(sec, 3),
+                   "gflop": round(fl / 1e9, 1), "floor_s": round(floor, 3), "ratio": round(sec / floor, 2) if floor else None,
+                   "matmul_gflops": round(rate / 1e9), "load_s": round(load_s, 1), "threads": torch.get_num_threads()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if a.out:
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print("\n| precision | stage | s | GFLOP | floor s | x floor |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['precision']} | {r['stage']} | {r['seconds']} | {r['gflop']} | {r['floor_s']} | {r['ratio']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Turn a training checkpoint into the shipped default model, ``weights/lite.safetensors``.
+
+    python scripts/export_default.py --checkpoint runs/lite/checkpoint.pt \
+        --calibrate PHOTOS/train PHOTOS/train-extra --out weights/lite.safetensors
+
+The network was trained with five rate gains; the shipped rate points lite-1 ... lite-5
+are placed at target rates (``TARGETS`` bpp) by interpolating the gain vectors
+geometrically between neighbouring trained rates (Cui et al., CVPR 2021), each target
+found by bisection on the *training* photos (768x512 centre crops of them reduced as the
+evaluation's Kodak-style crops are) -- never on evaluation images. Weights are stored
+as float16 (the file stays under 30 MB) with the entropy tables computed from exactly
+those values; the fingerprint covers the stored tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from stablecodec.models.latent_codec import LatentCodecConfig  # noqa: E402
+from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
+
+TARGETS = (0.012, 0.022, 0.038, 0.062, 0.1)
+EXTS = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def kodak_crop(path: Path) -> np.ndarray:
+    """Centre 3:2 crop resized to 768x512, as ../shared/data/get-photos makes its kodak/ set."""
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((2048, 2048), Image.LANCZOS)
+    w, h = im.size
+    if w * 2 > h * 3:
+        cw = h * 3 // 2
+        box = ((w - cw) // 2, 0, (w - cw) // 2 + cw, h)
+    else:
+        ch = w * 2 // 3
+        box = (0, (h - ch) // 2, w, (h - ch) // 2 + ch)
+    return np.asarray(im.crop(box).resize((768, 512), Image.LANCZOS), dtype=np.float32) / 255.0
+
+
+def gains_at(net: LiteNet, r: float) -> dict[str, torch.Tensor]:
+    """Gain vectors at fractional rate r in [0, K-1] (geometric interpolation, log-linear extrapolation)."""
+    c = net.codec
+    k = int(np.clip(np.floor(r), 0, c.cfg.rates - 2))
+    t = r - k
+    out = {}
+    for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
+        g = getattr(c, name).detach().abs().clamp_min(1e-8)
+        out[name] = torch.exp((1 - t) * g[k].log() + t * g[k + 1].log())
+    return out
+
+
+def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
+    """A copy of ``net`` whose rate table holds exactly ``points``."""
+    cfg = LiteConfig(mid=net.cfg.mid, width=net.cfg.width,
+                     codec=LatentCodecConfig(**{**net.cfg.codec.__dict__, "rates": len(points)}))
+    out = LiteNet(cfg)
+    sd = {k: v for k, v in net.state_dict().items() if not k.startswith("codec.gain_")}
+    for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
+        sd[f"codec.{name}"] = torch.stack([p[name] for p in points])
+    out.load_state_dict(sd)
+    return out.eval()
+
+
+def measure_bpp(net: LiteNet, images: list[np.ndarray]) -> float:
+    from stablecodec import container
+    from stablecodec.api import pad_to_multiple
+    from stablecodec.models.lite import LiteModel
+
+    model = LiteModel(net, 0)
+    bits = 0.0
+    for img in images:
+        x = pad_to_multiple(torch.from_numpy(img.transpose(2, 0, 1).copy())[None], model.stride)
+        comp = model.compress(x)
+        bits += 8 * (len(comp.payload) + 31 + 4)  # header (19) + colour (12) + CRC rounded up
+    return bits / sum(i.shape[0] * i.shape[1] for i in images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--calibrate", nargs="+", required=True, help="folders of training photos")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "weights" / "lite.safetensors"))
+    ap.add_argument("--max-images", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=8, help="bisection steps per rate point")
+    a = ap.parse_args()
+    torch.set_grad_enabled(False)
+    ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)  # our own training checkpoint
+    net = LiteNet()
+    net.load_state_dict(ck["model"])
+    net.eval()
+    # Round to float16 first: the shipped network is the one calibrated.
+    net.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()})
+    paths = sorted(p for f in a.calibrate for p in Path(f).iterdir() if p.suffix.lower() in EXTS)[: a.max_images]
+    images = [kodak_crop(p) for p in paths]
+    print(f"calibrating on {len(images)} training photos (768x512 crops), trained at step {ck['step']}")
+    K = net.cfg.codec.rates
+    trained = [measure_bpp(with_rates(net, [gains_at(net, k)]), images) for k in range(K)]
+    print("trained rates bpp:", [round(b, 4) for b in trained])
+    points, rates = [], []
+    for i, target in enumerate(TARGETS):
+        lo, hi = -1.0, K  # allow a little extrapolation beyond the trained ends
+        for _ in range(a.iterations):
+            mid = (lo + hi) / 2
+            if measure_bpp(with_rates(net, [gains_at(net, mid)]), images) > target:
+                hi = mid
+            else:
+                lo = mid
+        r = lo
+        g = gains_at(net, r)
+        bpp = measure_bpp(with_rates(net, [g]), images)
+        points.append(g)
+        rates.append({"name": f"lite-{i + 1}", "target_bpp": target, "train_bpp": round(bpp, 5), "trained_rate": round(r, 3)})
+        print(rates[-1])
+    final = with_rates(net, points)
+    from stablecodec.weights import save_lite
+
+    meta_rates = rates
+    fp = save_lite(final, Path(a.out), meta_rates)
+    size = Path(a.out).stat().st_size
+    print(f"wrote {a.out} ({size / 1e6:.1f} MB, fingerprint {fp})")
+    print(json.dumps({"step": ck["step"], "rates": rates, "bytes": size, "fingerprint": fp}))
+
+
+if __name__ == "__main__":
+    main()
