@@ -315,10 +315,11 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
                 rec["error"] = "out of memory; lower --max-memory or downscale the image"
             except OSError as e:  # e.g. a full disk under a spill-to-file buffer
                 rec["error"] = f"system error: {e.strerror or e}"
-            except Exception as e:  # one broken file must not end a batch
-                if not batch:
+            except Exception as e:  # a bug: one line, and a broken file must not end a batch
+                if os.environ.get("STABLECODEC_DEBUG"):
                     raise
-                rec["error"] = f"unexpected {type(e).__name__}: {str(e)[:200]} (please report this)"
+                rec["error"] = (f"internal error {type(e).__name__}: {str(e)[:200]} (please report this; "
+                                "STABLECODEC_DEBUG=1 shows the traceback)")
             if rec["error"]:
                 failed += 1
                 msg = rec["error"] if rec["error"].startswith(src) or not batch else f"{src}: {rec['error']}"

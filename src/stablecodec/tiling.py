@@ -237,20 +237,22 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
     exact = _px("exact", px, 1.0)
 
     # Encoding: VAE encoder, ELIC, the latent codec, one after another.
-    enc_band, enc_spill = None, False
-    vae_e = _px("vae_enc", px, sc)
-    if image + vae_e > room_e:
-        enc_band, vae_e = band, _px("vae_enc_band", px, sc)
-        if image + vae_e > room_e:
-            enc_spill, vae_e = True, band_work
+    def vae(kind: str, kept: int, room: int) -> tuple[int | None, bool, int]:
+        """(band elements, spill, bytes): whole if it fits, else banded in RAM, else spilled."""
+        whole = _px(kind, px, sc)
+        if kept + whole <= room:
+            return None, False, whole
+        banded = _px(kind + "_band", px, sc)
+        if kept + banded <= room:
+            return band, False, banded
+        return band, True, band_work
+
+    enc_band, enc_spill, vae_e = vae("vae_enc", image, room_e)
     elic_tile, elic = None, _px("elic", px, sc)
     for tile in (1024, 512, 256):
         if image + elic <= room_e:
             break
         elic_tile, elic = tile, _px("elic", (tile + 288) ** 2, sc)
-    gs_window, gs = None, _px("gs_aux", px, sc)
-    if gs > room_d:
-        gs_window, gs = 32, _px("gs_aux", (64 * 64) ** 2, sc)
     est_e = base_e + image + max(vae_e, elic, exact)
 
     # Decoding: exact path, g_s and aux, the UNet (l_T kept), the VAE decoder (output kept),
@@ -266,12 +268,10 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
         while unet_batch < 4 and l_t + unet * (unet_batch + 1) <= 0.6 * room_d:
             unet_batch += 1
         unet *= unet_batch
-    dec_band, dec_spill = None, False
-    vae_d = _px("vae_dec", px, sc)
-    if out + vae_d > room_d:
-        dec_band, vae_d = band, _px("vae_dec_band", px, sc)
-        if out + vae_d > room_d:
-            dec_spill, vae_d = True, band_work
+    dec_band, dec_spill, vae_d = vae("vae_dec", out, room_d)
+    gs_window, gs = None, _px("gs_aux", px, sc)
+    if gs > room_d:
+        gs_window, gs = 32, _px("gs_aux", (64 * 64) ** 2, sc)
     post = 3 * out
     est_d = base_d + max(exact, gs, l_t + int(unet), out + vae_d, post)
     if max(est_e, est_d) > budget:

@@ -209,6 +209,13 @@ class _Runner:
     def _new(self, c: int, h: int, w: int) -> Level:
         return Level(c, h, w, self.dtype, self.device, self.plan.spill)
 
+    @staticmethod
+    def _replace(src: Level, out: Level) -> Level:
+        """``out`` supersedes ``src``: free the input, drop the output's resident pages."""
+        src.close()
+        out.release()
+        return out
+
     def _tick(self) -> None:
         if self.progress is not None:
             self.progress(1)
@@ -277,10 +284,7 @@ class _Runner:
             y = up.conv(F.interpolate(src.rows(l0, l1), scale_factor=2.0, mode="nearest"))
             out.rows(r0, r1).copy_(y[:, :, r0 - 2 * l0 : r1 - 2 * l0])
             self._tick()
-        src.release()
-        out.release()
-        src.close()
-        return out
+        return self._replace(src, out)
 
     def downsample(self, down, src: Level) -> Level:
         """diffusers' Downsample2D with padding 0: zero-pad right and bottom, 3x3 stride 2."""
@@ -294,10 +298,7 @@ class _Runner:
             x = F.pad(x, (0, 1, 0, i1 - min(h, i1)))
             out.rows(o0, o1).copy_(conv(x))
             self._tick()
-        src.release()
-        out.release()
-        src.close()
-        return out
+        return self._replace(src, out)
 
     def attention(self, attn, src: Level) -> Level:
         """Self-attention with whole-image GroupNorm statistics, in windows when the latent is large."""
@@ -316,10 +317,7 @@ class _Runner:
             res = res / attn.rescale_output_factor
             out.t[:, :, t:b, l:r] = res[:, :, t - t0 : b - t0, l - l0 : r - l0]
             self._tick()
-        src.release()
-        out.release()
-        src.close()
-        return out
+        return self._replace(src, out)
 
     def norm_act_conv(self, gn: nn.GroupNorm, conv: nn.Conv2d, src: Level) -> torch.Tensor:
         """GroupNorm, SiLU and a 3x3 convolution into an ordinary tensor (few channels)."""
