@@ -77,14 +77,28 @@ def test_symbol_check_catches_a_wrong_stream():
 
 
 @pytest.mark.parametrize("cut", [0, 1, 3, 7])
-def test_truncated_stream_decodes_to_something_without_crashing(cut):
+def test_truncated_stream_is_a_desync_not_a_crash(cut):
     tables = entropy.gaussian_tables()
     ids = np.full(1000, 50)
     vals = np.arange(1000) % 31 - 15
     payload, _, crc, _ = _round_trip(vals, ids, tables)
     r = entropy.StreamReader(payload[:cut])
-    out = r.read(ids, tables)
-    assert out.shape == vals.shape
+    with pytest.raises(DesyncError, match="too short"):
+        r.read(ids, tables)
+
+
+def test_information_bound_never_refuses_a_real_stream():
+    """The decoder's bound (information content <= payload bits + 128) on streams whose
+    symbols are all near-certain, where the coder's overhead is largest relative to them."""
+    tables = entropy.gaussian_tables()
+    rng = np.random.default_rng(0)
+    for n, table, spread in [(1, 0, 0), (5, 63, 3), (20000, 0, 0), (3000, 10, 1), (2000, 63, 400)]:
+        ids = np.full(n, table)
+        vals = rng.integers(-spread, spread + 1, n)
+        payload, _, _, _ = _round_trip(vals, ids, tables)
+        r = entropy.StreamReader(payload)
+        assert np.array_equal(r.read(ids, tables), vals)
+        assert r.bits <= 8 * len(payload) + 128
 
 
 def test_tables_survive_serialization():

@@ -444,20 +444,27 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def _safetensors_bytes(path: Path) -> dict[str, int]:
-    """Bytes per top-level prefix of a safetensors file, from its header alone."""
+    """Bytes per top-level prefix of a safetensors file, from its header alone.
+
+    Read by hand (8-byte length, JSON) because safetensors' own reader maps the whole file
+    before it can be asked for sizes; a damaged header is a WeightsError like any other."""
     import struct
 
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        if n > 100 * 1024 * 1024:
-            raise WeightsError(f"{path}: damaged safetensors header")
-        header = json.loads(f.read(n))
-    out: dict[str, int] = {}
-    for k, v in header.items():
-        if k != "__metadata__":
-            a, b = v["data_offsets"]
-            out[k.split(".")[0]] = out.get(k.split(".")[0], 0) + (b - a)
-    return out
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100 * 1024 * 1024:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        out: dict[str, int] = {}
+        for k, v in header.items():
+            if k != "__metadata__":
+                a, b = v["data_offsets"]
+                out[k.split(".")[0]] = out.get(k.split(".")[0], 0) + (int(b) - int(a))
+        return out
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:  # JSON/Unicode errors are ValueErrors
+        raise WeightsError(f"{path}: damaged safetensors header ({type(e).__name__}); "
+                           "convert or download the weights again") from None
 
 
 def estimate_weight_bytes(spec=None, weights_dir: Path | None = None, checkpoint=None, sd_turbo=None, elic=None):

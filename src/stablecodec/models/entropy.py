@@ -63,6 +63,16 @@ class Table:
     offset: int
     freq: np.ndarray  # int64, sums to 2**PRECISION
     _model: object = None
+    _bits: np.ndarray | None = None
+
+    def bits(self) -> np.ndarray:
+        """A lower bound on each symbol's code length: -log2((freq + 2) / 2**PRECISION).
+
+        The +2 allows for constriction re-quantizing our frequencies by a unit or so, so
+        that the sum over a stream can only underestimate what the coder spent."""
+        if self._bits is None:
+            self._bits = np.maximum(0.0, PRECISION - np.log2(self.freq.astype(np.float64) + 2.0))
+        return self._bits
 
     @property
     def escape(self) -> int:
@@ -252,6 +262,13 @@ class StreamReader:
         words = np.frombuffer(bytes(payload) + _PAD * pad, dtype=">u4").astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(words)
         self.crc = 0
+        # A range coder cannot code symbols in fewer bits than their information content
+        # (up to its final state words and our trimmed tail), but a decoder run past the
+        # end of a short payload keeps returning symbols: a forged size with a tiny payload
+        # is caught here after the cheap hyper-latent instead of after a full-size decode.
+        self.bits = 0.0
+        self._payload_len = len(payload)
+        self._bit_limit = 8.0 * self._payload_len + 128.0
 
     def read(self, table_ids: np.ndarray, tables: list[Table]) -> np.ndarray:
         table_ids = np.ascontiguousarray(table_ids, dtype=np.int64).ravel()
@@ -261,6 +278,7 @@ class StreamReader:
             for t, idx in _group(table_ids):
                 table = tables[t]
                 sym = np.asarray(self._dec.decode(table.model(), len(idx)), dtype=np.int64)
+                self.bits += float(table.bits()[sym].sum())
                 v = sym - table.offset
                 for j in np.flatnonzero(sym == table.escape).tolist():
                     neg = int(self._dec.decode(uniform(2)))
@@ -278,6 +296,11 @@ class StreamReader:
             raise DesyncError(
                 "the entropy decoder found invalid data: this file was made with other weights or is damaged"
             ) from None
+        if self.bits > self._bit_limit:
+            raise DesyncError(
+                f"the payload ({self._payload_len} bytes) is too short for the image size the header declares: "
+                "the file is damaged or forged"
+            )
         values32 = values.astype(np.int32)
         self.crc = zlib.crc32(values32.astype("<i4").tobytes(), self.crc)
         return values32

@@ -1,0 +1,133 @@
+"""Golden files: ``.scdc`` files of format 1.0 that every later version must keep decoding.
+
+``tests/data/golden/`` holds a tiny StableCodec model as a converted weights file and
+four files coded with it (made once by ``make_golden.py``, which the tests never run).
+Each must decode to the stored ŷ bit for bit -- the format's promise, independent of
+the machine -- and to the stored image pixel for pixel. A format change must bump the
+version byte and keep reading these files or refuse them clearly (docs/bitstream.md).
+
+The image path after ŷ (g_s, the UNet, the VAE decoder) is ordinary float32 arithmetic:
+its last bit depends on torch's thread count (a few pixels move by one level between 1
+and 2 threads), so the images are compared with one thread, as they were made. If only
+the pixel test fails, the format is intact and the float image path has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import stablecodec
+from stablecodec import container
+from stablecodec.errors import FormatError
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+MANIFEST = json.loads((GOLDEN / "golden.json").read_text())
+NAMES = sorted(MANIFEST["files"])
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return stablecodec.Codec("ft8", weights_dir=GOLDEN, device="cpu", precision="fp32")
+
+
+@pytest.fixture()
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(name: str) -> bytes:
+    return (GOLDEN / f"{name}.scdc").read_bytes()
+
+
+def _y_hat(codec, data: bytes) -> np.ndarray:
+    header, payload = container.unpack(data)
+    model = codec.get_model().model
+    s = model.stride
+    hp, wp = -(-header.height // s) * s, -(-header.width // s) * s
+    return model.codec.decompress(payload, header.symbol_crc, model.codec.y_shape((hp // 8, wp // 8))).numpy()
+
+
+def _recrc(data: bytearray) -> bytes:
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_golden_files_are_the_committed_ones():
+    """Nothing rewrote the golden files (regenerating them would defeat their purpose)."""
+    assert len(NAMES) >= 3
+    for fname, digest in MANIFEST["sha256"].items():
+        assert hashlib.sha256((GOLDEN / fname).read_bytes()).hexdigest() == digest, fname
+    assert (GOLDEN / "stablecodec-ft8.safetensors").stat().st_size < 6_000_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_header(name):
+    h, _ = container.unpack(_data(name))
+    want = MANIFEST["files"][name]
+    assert (h.width, h.height, h.grey) == (want["width"], want["height"], want["grey"])
+    assert h.version == (1, 0) and want["format_version"] == "1.0"
+    assert h.model_code == 0x25  # ft8
+    assert h.fingerprint == int(MANIFEST["fingerprint"][:4], 16)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_y_hat_is_bit_identical(codec, name):
+    want = np.load(GOLDEN / f"{name}.y.npy")
+    got = _y_hat(codec, _data(name))
+    assert got.dtype == want.dtype == np.float64 and got.shape == want.shape
+    assert np.array_equal(got, want), f"{name}: ŷ differs in {(got != want).sum()} of {got.size} elements"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_image_is_bit_identical(codec, one_thread, name):
+    want_img = Image.open(GOLDEN / f"{name}.png")
+    got_img = codec.decode(_data(name))
+    assert got_img.mode == want_img.mode == ("L" if MANIFEST["files"][name]["grey"] else "RGB")
+    got, want = np.asarray(got_img).astype(int), np.asarray(want_img).astype(int)
+    assert got.shape == want.shape
+    assert np.array_equal(got, want), (
+        f"{name}: {(got != want).sum()} pixels differ (max {np.abs(got - want).max()} levels); if "
+        "test_golden_y_hat_is_bit_identical passes, the float image path changed, not the format")
+
+
+@pytest.mark.parametrize("version", [0x20, 0x21, 0x2F, 0x30, 0xF0, 0x00])
+@pytest.mark.parametrize("fix_crc", [True, False])
+def test_other_major_versions_are_refused_clearly(codec, version, fix_crc):
+    data = bytearray(_data("rgb-64x64"))
+    data[2] = version
+    data = _recrc(data) if fix_crc else bytes(data)
+    major, minor = version >> 4, version & 15
+    with pytest.raises(FormatError, match=rf"file format version {major}\.{minor} is not supported by this "
+                                          r"stablecodec \(reads 1\.x\)"):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize("bit", range(2, 8))
+@pytest.mark.parametrize("version", [0x10, 0x11, 0x1F])
+def test_unknown_flag_bits_are_refused_clearly(codec, version, bit):
+    data = bytearray(_data("rgb-64x64"))
+    data[2] = version
+    data[3] |= 1 << bit
+    with pytest.raises(FormatError, match=r"uses features \(flags 0x[0-9a-f]{2}\) unknown to this stablecodec; "
+                                          r"upgrade"):
+        codec.decode(_recrc(data))
+
+
+@pytest.mark.parametrize("version", [0x11, 0x1F])
+def test_newer_minor_version_with_known_flags_decodes_the_same(codec, version):
+    data = bytearray(_data("latent-640x384"))
+    data[2] = version
+    data = _recrc(data)
+    assert container.unpack(data)[0].version == (1, version & 15)
+    assert np.array_equal(_y_hat(codec, data), np.load(GOLDEN / "latent-640x384.y.npy"))
