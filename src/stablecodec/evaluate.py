@@ -543,10 +543,9 @@ class MatchedRate:
             if q is None:
                 continue
             nbytes = size_of(q)
-            if scale == "1":
-                # Reachable at full size: the best setting there is the answer, no resampling.
-                return Match(codec.name, target_bpp, q, scale, factor, nbytes, bpp_of(nbytes, self.pixels),
-                             self._reconstruct(codec, scale, q), [])
+            # Downscaled options compete with full size even where full size is reachable:
+            # near a codec's lowest rate a user gets more from a smaller image at a higher
+            # quality (JPEG at 0.1 bpp: q=3 at full size loses ~3 dB to q=40 at 1/3).
             candidates.append(Candidate(scale, q, nbytes, bpp_of(nbytes, self.pixels), self._psnr_of(codec, scale, q)))
         if not candidates:
             lowest = (f"; its smallest file ({codec.name} q={codec.qmin} at scale {smallest[1]}) is "
@@ -557,6 +556,8 @@ class MatchedRate:
         best = max(candidates, key=lambda c: (c.psnr, -candidates.index(c)))
         rec = self._reconstruct(codec, best.scale, best.quality)
         factor = dict(SCALES)[best.scale]
+        if best.scale == "1":
+            return Match(codec.name, target_bpp, best.quality, "1", 1.0, best.bytes, best.bpp, rec, candidates)
         return Match(codec.name, target_bpp, best.quality, best.scale, factor, best.bytes, best.bpp, rec, candidates,
                      note=f"downscaled {best.scale} (Lanczos), coded, upscaled back (Lanczos)")
 
