@@ -171,8 +171,8 @@ class MemoryPlan:
 
         return (f"encoder {t(self.encoder_window, 'px')}, synthesis {t(self.synthesis_window, 'y px')}, VAE encoder {t(self.vae_enc_band, 'elements/band')}"
                 f"{' spilled' if self.vae_enc_spill else ''}, UNet {t(self.unet_tile, 'latent px')} x{self.unet_batch}, "
-                f"VAE decoder {t(self.vae_dec_band, 'elements/band')}{' spilled' if self.vae_dec_spill else ''}, "
-                f"; estimated peak encode "
+                f"VAE decoder {t(self.vae_dec_band, 'elements/band')}{' spilled' if self.vae_dec_spill else ''}; "
+                f"estimated peak encode "
                 f"{self.estimate_encode / GB:.1f} GB, decode {self.estimate_decode / GB:.1f} GB")
 
 
