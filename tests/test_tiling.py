@@ -170,3 +170,19 @@ def test_image_limits():
     container.check_size(8192, 8192)
     with pytest.raises(LimitError, match="exceeds the limit"):
         container.check_size(16385, 100)
+
+
+def test_released_rows_of_a_spilled_buffer_keep_their_data():
+    """Dropping a spilled buffer's pages from the process (to bound its resident memory)
+    never loses what was written: the rows read back identical."""
+    from stablecodec.models.vae import Level
+
+    lvl = Level(3, 256, 1024, torch.float32, "cpu", spill=True)
+    data = torch.randn(1, 3, 256, 1024)
+    lvl.t.copy_(data)
+    for r0 in range(0, 256, 7):
+        lvl.release_rows(r0, r0 + 7)
+    assert torch.equal(lvl.t, data)
+    lvl.release()
+    assert torch.equal(lvl.rows(10, 20), data[:, :, 10:20])
+    lvl.close()

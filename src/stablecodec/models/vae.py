@@ -77,6 +77,23 @@ class Level:
         if self._mm is not None:
             self._mm.madvise(mmap.MADV_DONTNEED)
 
+    def release_rows(self, r0: int, r1: int) -> None:
+        """Drop rows r0:r1 of every channel from the process (spilled buffers only).
+
+        A mapped file's touched pages count in the process's resident memory until they are
+        unmapped, so a pass that streams a whole buffer would otherwise hold all of it;
+        released pages stay in the page cache (or on disk) and fault back in if read again.
+        Only whole pages inside the rows are dropped."""
+        if self._mm is None or r1 <= r0:
+            return
+        page = mmap.PAGESIZE
+        for c in range(self.shape[1]):
+            start = c * self._plane_bytes + r0 * self._row_bytes
+            end = c * self._plane_bytes + r1 * self._row_bytes
+            start, end = -(-start // page) * page, end // page * page
+            if end > start:
+                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         self.t = None
         if self._mm is not None:
@@ -225,6 +242,7 @@ class _Runner:
         acc = _StatsAccumulator(gn)
         for r0, r1 in _bands(lvl.height, self._rows(lvl)):
             acc.add(lvl.rows(r0, r1))
+            lvl.release_rows(r0, r1)
         lvl.release()
         return acc.affine(self.dtype, self.device)
 
@@ -237,6 +255,7 @@ class _Runner:
             a0, a1 = max(0, r0 - k), min(h, r1 + k)
             y = conv(x[:, :, a0:a1])
             out.rows(r0, r1).copy_(y[:, :, r0 - a0 : r1 - a0])
+            out.release_rows(r0, r1)
         out.release()
         return out
 
@@ -252,6 +271,7 @@ class _Runner:
             a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
             hid = block.conv1(n1(src.rows(a0, a1)))
             acc.add(hid[:, :, r0 - a0 : r1 - a0])
+            src.release_rows(a0, a1)
         src.release()
         n2 = acc.affine(self.dtype, self.device)
         saved = None  # in place: the rows above the band as they were before being overwritten
@@ -269,6 +289,8 @@ class _Runner:
             if in_place:
                 saved = src.rows(max(r0, r1 - 2), r1).clone()
             dst.rows(r0, r1).copy_(out)
+            src.release_rows(a0, a1)
+            dst.release_rows(r0, r1)
             self._tick()
         dst.release()
         if not in_place:
@@ -283,6 +305,8 @@ class _Runner:
             l0, l1 = max(0, (r0 - 1) // 2), min(h, r1 // 2 + 1)
             y = up.conv(F.interpolate(src.rows(l0, l1), scale_factor=2.0, mode="nearest"))
             out.rows(r0, r1).copy_(y[:, :, r0 - 2 * l0 : r1 - 2 * l0])
+            src.release_rows(l0, l1)
+            out.release_rows(r0, r1)
             self._tick()
         return self._replace(src, out)
 
@@ -297,6 +321,8 @@ class _Runner:
             x = src.rows(i0, min(h, i1))
             x = F.pad(x, (0, 1, 0, i1 - min(h, i1)))
             out.rows(o0, o1).copy_(conv(x))
+            src.release_rows(i0, min(h, i1))
+            out.release_rows(o0, o1)
             self._tick()
         return self._replace(src, out)
 
@@ -316,6 +342,9 @@ class _Runner:
             res = x + y if attn.residual_connection else y
             res = res / attn.rescale_output_factor
             out.t[:, :, t:b, l:r] = res[:, :, t - t0 : b - t0, l - l0 : r - l0]
+            if r == w:  # a row of windows is done
+                src.release_rows(t0, b0)
+                out.release_rows(t, b)
             self._tick()
         return self._replace(src, out)
 
@@ -329,6 +358,7 @@ class _Runner:
             a0, a1 = max(0, r0 - k), min(h, r1 + k)
             y = conv(norm(src.rows(a0, a1)))
             out[:, :, r0:r1] = y[:, :, r0 - a0 : r1 - a0]
+            src.release_rows(a0, a1)
         src.release()
         src.close()
         return out
