@@ -239,7 +239,8 @@ def test_progress_bar_over_files_shows_bpp_and_speed(weights_home, tmp_path, mon
     r = run("encode", tmp_path / "in", "-o", tmp_path / "out", *M)
     assert r.exit_code == 0, r.output
     bar = r.stderr.replace("\r", "\n")
-    assert re.search(r"encode: 100%.*3/3 \[.*file/s, bpp=[0-9.]+\]", bar), bar
+    # tqdm shows the rate as files/s, or as s/file when a file takes over a second (a loaded machine)
+    assert re.search(r"encode: 100%.*3/3 \[.*(file/s|s/file), bpp=[0-9.]+\]", bar), bar
 
 
 def test_empty_folder_says_so(weights_home, tmp_path):
