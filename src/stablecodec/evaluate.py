@@ -545,7 +545,8 @@ class MatchedRate:
             nbytes = size_of(q)
             # Downscaled options compete with full size even where full size is reachable:
             # near a codec's lowest rate a user gets more from a smaller image at a higher
-            # quality (JPEG at 0.1 bpp: q=3 at full size loses ~3 dB to q=40 at 1/3).
+            # quality (JPEG on the kodak crops near 0.09 bpp: 28.2 dB at full size, q=3-12;
+            # 33.0 dB at 1/3-1/2.5 of the size).
             candidates.append(Candidate(scale, q, nbytes, bpp_of(nbytes, self.pixels), self._psnr_of(codec, scale, q)))
         if not candidates:
             lowest = (f"; its smallest file ({codec.name} q={codec.qmin} at scale {smallest[1]}) is "
