@@ -45,6 +45,13 @@ def norm(msg: str) -> str:
     return re.sub(r"0x[0-9a-f]+|(?<=weights )[0-9a-f]{4}|[0-9]+", "N", msg)[:60]
 
 
+def keep_shortest(store: dict[str, bytes], kind: str, msg: str, data: bytes) -> None:
+    """Keep, per distinct outcome ("kind: normalised message"), the shortest input seen."""
+    key = f"{kind}: {norm(msg)}"
+    if key not in store or len(data) < len(store[key]):
+        store[key] = data
+
+
 def main() -> None:
     import torch
     from hypothesis import HealthCheck, given, settings
@@ -109,10 +116,7 @@ def main() -> None:
            rest=st.binary(max_size=40), fix=st.booleans())
     def explore(prefix, rest, fix):
         data = recrc(prefix + rest) if fix else prefix + rest
-        kind, msg = container_outcome(data)
-        key = f"{kind}: {norm(msg)}"
-        if key not in seen or len(data) < len(seen[key]):
-            seen[key] = data
+        keep_shortest(seen, *container_outcome(data), data)
 
     explore()
     for key, data in sorted(seen.items()):
@@ -161,10 +165,7 @@ def main() -> None:
         for pos, v in edits:
             bad[pos] = v
         data = recrc(bytes(bad[: cut or None]))
-        kind, msg = decode_outcome(data)
-        key = f"{kind}: {norm(msg)}"
-        if key not in found or len(data) < len(found[key]):
-            found[key] = data
+        keep_shortest(found, *decode_outcome(data), data)
 
     explore_decode()
     for key, data in sorted(found.items()):
