@@ -289,8 +289,9 @@ class _Runner:
             if in_place:
                 saved = src.rows(max(r0, r1 - 2), r1).clone()
             dst.rows(r0, r1).copy_(out)
-            src.release_rows(a0, a1)
-            dst.release_rows(r0, r1)
+            src.release_rows(a0, a1)  # in place, dst is src and these rows include r0:r1
+            if not in_place:
+                dst.release_rows(r0, r1)
             self._tick()
         dst.release()
         if not in_place:
