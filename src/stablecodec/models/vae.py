@@ -15,9 +15,9 @@ layer by layer over horizontal bands of the image instead of calling its ``forwa
   its output from the tile whose core holds it) -- the only place where the result
   depends on the tiling;
 * activations of one resolution live in one buffer, updated in place where the channel
-  count does not change; when the memory plan says so, the buffers are memory-mapped
-  temporary files whose pages are released band by band (out-of-core), which keeps the
-  process's resident memory within the budget at any size.
+  count does not change; when the memory plan says so, the buffers are temporary files
+  read and written one band at a time (out-of-core), which keeps the process's resident
+  memory within the budget at any size.
 
 With ``band=None`` and no attention tiling this computes what ``vae.encode(x)`` /
 ``vae.decode(z)`` compute, up to float summation order.
@@ -26,7 +26,6 @@ With ``band=None`` and no attention tiling this computes what ``vae.encode(x)`` 
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 import tempfile
 
@@ -40,28 +39,36 @@ class VAEPlan:
     band_elems: int | None = None  # max elements (rows x width x channels) of a band; None: whole image
     attn_tile: int = 64  # latent px of an attention window's core
     attn_overlap: int = 16  # extra latent px of context around it
-    spill: bool = False  # keep full-resolution activations in memory-mapped temporary files
+    spill: bool = False  # keep full-resolution activations in temporary files, read band by band
 
 
 class Level:
-    """A (1, C, H, W) activation buffer, in RAM or in a memory-mapped temporary file."""
+    """A (1, C, H, W) activation buffer, in RAM or in a temporary file, accessed by row bands.
+
+    ``read`` gives rows r0:r1 of every channel (a view in RAM; a fresh tensor from the file),
+    ``write`` stores them. A spilled buffer lies in the file row by row, (H, C, W), so a band
+    is one contiguous ``pread``/``pwrite``: only the band being computed is ever resident.
+    Why not ``mmap``: the pages of a shared mapping that the process touched count in its
+    resident memory, and per-band ``madvise(MADV_DONTNEED)`` did not keep them from adding
+    ~3-5 GB at 2048x1365 and 3840x2160 (docs/memory.md); reads and writes through the page
+    cache never count there.
+    """
 
     def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, device, spill: bool):
         self.shape = (1, c, h, w)
-        self._mm = None
+        self.dtype = dtype
+        self._fd = None
+        self.t = None
         if spill and torch.device(device).type == "cpu":
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            nbytes = c * h * w * itemsize
+            self._row_bytes = c * w * torch.empty((), dtype=dtype).element_size()
             fd, path = tempfile.mkstemp(prefix="stablecodec-", suffix=".act")
+            os.unlink(path)  # the open descriptor keeps the data; nothing is left on disk
             try:
-                os.ftruncate(fd, nbytes)
-                self._mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
-            finally:
+                os.ftruncate(fd, h * self._row_bytes)
+            except OSError:
                 os.close(fd)
-                os.unlink(path)  # the mapping keeps the data; nothing is left on disk
-            self.t = torch.frombuffer(self._mm, dtype=dtype).view(self.shape)
-            self._row_bytes = w * itemsize
-            self._plane_bytes = h * w * itemsize
+                raise
+            self._fd = fd
         else:
             self.t = torch.empty(self.shape, dtype=dtype, device=device)
 
@@ -69,39 +76,43 @@ class Level:
     def height(self) -> int:
         return self.shape[2]
 
-    def rows(self, r0: int, r1: int) -> torch.Tensor:
-        return self.t[:, :, r0:r1]
+    def read(self, r0: int, r1: int) -> torch.Tensor:
+        if self._fd is None:
+            return self.t[:, :, r0:r1]
+        _, c, _, w = self.shape
+        buf = torch.empty((r1 - r0, c, w), dtype=self.dtype)
+        _transfer(os.preadv, self._fd, buf, r0 * self._row_bytes)
+        return buf.permute(1, 0, 2).unsqueeze(0).contiguous()
 
-    def release(self) -> None:
-        """Drop this buffer's pages from the process (spilled buffers only; data is kept)."""
-        if self._mm is not None:
-            self._mm.madvise(mmap.MADV_DONTNEED)
-
-    def release_rows(self, r0: int, r1: int) -> None:
-        """Drop rows r0:r1 of every channel from the process (spilled buffers only).
-
-        A mapped file's touched pages count in the process's resident memory until they are
-        unmapped, so a pass that streams a whole buffer would otherwise hold all of it;
-        released pages stay in the page cache (or on disk) and fault back in if read again.
-        Only whole pages inside the rows are dropped."""
-        if self._mm is None or r1 <= r0:
+    def write(self, r0: int, x: torch.Tensor) -> None:
+        if self._fd is None:
+            self.t[:, :, r0 : r0 + x.shape[2]] = x
             return
-        page = mmap.PAGESIZE
-        for c in range(self.shape[1]):
-            start = c * self._plane_bytes + r0 * self._row_bytes
-            end = c * self._plane_bytes + r1 * self._row_bytes
-            start, end = -(-start // page) * page, end // page * page
-            if end > start:
-                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        buf = x[0].to(self.dtype).permute(1, 0, 2).contiguous()  # (rows, C, W)
+        _transfer(os.pwritev, self._fd, buf, r0 * self._row_bytes)
 
     def close(self) -> None:
         self.t = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # a view is still alive somewhere; the GC will unmap it
-                pass
-            self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the descriptor goes with the process
+            pass
+
+
+def _transfer(op, fd: int, buf: torch.Tensor, offset: int) -> None:
+    """The whole of a contiguous CPU tensor through ``os.preadv`` or ``os.pwritev`` at ``offset``."""
+    view = memoryview(buf.view(torch.uint8).numpy()).cast("B")  # uint8 view: bf16 has no numpy dtype
+    done = 0
+    while done < len(view):
+        n = op(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"activation spill file: {'read' if op is os.preadv else 'write'} stopped at byte {offset + done}")
+        done += n
 
 
 def _bands(height: int, rows: int) -> list[tuple[int, int]]:
@@ -226,13 +237,6 @@ class _Runner:
     def _new(self, c: int, h: int, w: int) -> Level:
         return Level(c, h, w, self.dtype, self.device, self.plan.spill)
 
-    @staticmethod
-    def _replace(src: Level, out: Level) -> Level:
-        """``out`` supersedes ``src``: free the input, drop the output's resident pages."""
-        src.close()
-        out.release()
-        return out
-
     def _tick(self) -> None:
         if self.progress is not None:
             self.progress(1)
@@ -241,9 +245,7 @@ class _Runner:
     def stats(self, gn: nn.GroupNorm, lvl: Level) -> _Affine:
         acc = _StatsAccumulator(gn)
         for r0, r1 in _bands(lvl.height, self._rows(lvl)):
-            acc.add(lvl.rows(r0, r1))
-            lvl.release_rows(r0, r1)
-        lvl.release()
+            acc.add(lvl.read(r0, r1))
         return acc.affine(self.dtype, self.device)
 
     def conv_from_tensor(self, conv: nn.Conv2d, x: torch.Tensor) -> Level:
@@ -253,10 +255,7 @@ class _Runner:
         k = conv.kernel_size[0] // 2
         for r0, r1 in _bands(h, self._rows(out.shape)):
             a0, a1 = max(0, r0 - k), min(h, r1 + k)
-            y = conv(x[:, :, a0:a1])
-            out.rows(r0, r1).copy_(y[:, :, r0 - a0 : r1 - a0])
-            out.release_rows(r0, r1)
-        out.release()
+            out.write(r0, conv(x[:, :, a0:a1])[:, :, r0 - a0 : r1 - a0])
         return out
 
     def resnet(self, block, src: Level) -> Level:
@@ -269,31 +268,22 @@ class _Runner:
         acc = _StatsAccumulator(block.norm2)
         for r0, r1 in _bands(h, rows):  # pass A: statistics of conv1's output
             a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
-            hid = block.conv1(n1(src.rows(a0, a1)))
+            hid = block.conv1(n1(src.read(a0, a1)))
             acc.add(hid[:, :, r0 - a0 : r1 - a0])
-            src.release_rows(a0, a1)
-        src.release()
         n2 = acc.affine(self.dtype, self.device)
         saved = None  # in place: the rows above the band as they were before being overwritten
         for r0, r1 in _bands(h, rows):  # pass B: the block's output
             a0, a1 = max(0, r0 - 2), min(h, r1 + 2)
-            if saved is not None:
-                x = torch.cat([saved, src.rows(r0, a1)], dim=2)
-            else:
-                x = src.rows(a0, a1)
+            x = src.read(a0, a1) if saved is None else torch.cat([saved, src.read(r0, a1)], dim=2)
             hid = block.conv2(n2(block.conv1(n1(x))))
             res = x[:, :, r0 - a0 : r1 - a0]
             if block.conv_shortcut is not None:
                 res = block.conv_shortcut(res)
             out = (res + hid[:, :, r0 - a0 : r1 - a0]) / block.output_scale_factor
             if in_place:
-                saved = src.rows(max(r0, r1 - 2), r1).clone()
-            dst.rows(r0, r1).copy_(out)
-            src.release_rows(a0, a1)  # in place, dst is src and these rows include r0:r1
-            if not in_place:
-                dst.release_rows(r0, r1)
+                saved = x[:, :, max(r0, r1 - 2) - a0 : r1 - a0].clone()
+            dst.write(r0, out)
             self._tick()
-        dst.release()
         if not in_place:
             src.close()
         return dst
@@ -304,12 +294,11 @@ class _Runner:
         out = self._new(up.conv.out_channels, 2 * h, 2 * w)
         for r0, r1 in _bands(2 * h, self._rows(out.shape)):
             l0, l1 = max(0, (r0 - 1) // 2), min(h, r1 // 2 + 1)
-            y = up.conv(F.interpolate(src.rows(l0, l1), scale_factor=2.0, mode="nearest"))
-            out.rows(r0, r1).copy_(y[:, :, r0 - 2 * l0 : r1 - 2 * l0])
-            src.release_rows(l0, l1)
-            out.release_rows(r0, r1)
+            y = up.conv(F.interpolate(src.read(l0, l1), scale_factor=2.0, mode="nearest"))
+            out.write(r0, y[:, :, r0 - 2 * l0 : r1 - 2 * l0])
             self._tick()
-        return self._replace(src, out)
+        src.close()
+        return out
 
     def downsample(self, down, src: Level) -> Level:
         """diffusers' Downsample2D with padding 0: zero-pad right and bottom, 3x3 stride 2."""
@@ -319,35 +308,36 @@ class _Runner:
         out = self._new(conv.out_channels, ho, wo)
         for o0, o1 in _bands(ho, self._rows(out.shape)):
             i0, i1 = 2 * o0, 2 * o1 + 1
-            x = src.rows(i0, min(h, i1))
-            x = F.pad(x, (0, 1, 0, i1 - min(h, i1)))
-            out.rows(o0, o1).copy_(conv(x))
-            src.release_rows(i0, min(h, i1))
-            out.release_rows(o0, o1)
+            x = F.pad(src.read(i0, min(h, i1)), (0, 1, 0, i1 - min(h, i1)))
+            out.write(o0, conv(x))
             self._tick()
-        return self._replace(src, out)
+        src.close()
+        return out
 
     def attention(self, attn, src: Level) -> Level:
         """Self-attention with whole-image GroupNorm statistics, in windows when the latent is large."""
         _, c, h, w = src.shape
         norm = self.stats(attn.group_norm, src)
-        core, ov = self.plan.attn_tile, self.plan.attn_overlap
-        windowed = h > core + 2 * ov or w > core + 2 * ov
+        windowed = h > self.plan.attn_tile + 2 * self.plan.attn_overlap or w > self.plan.attn_tile + 2 * self.plan.attn_overlap
+        core_h, core_w, ov = (self.plan.attn_tile, self.plan.attn_tile, self.plan.attn_overlap) if windowed else (h, w, 0)
         # Outputs go to a fresh buffer: windows read their context from the unmodified input.
         out = self._new(c, h, w)
-        boxes = [(t, l, min(t + core, h), min(l + core, w)) for t in range(0, h, core) for l in range(0, w, core)] if windowed else [(0, 0, h, w)]
-        for t, l, b, r in boxes:
-            t0, l0, b0, r0 = (max(0, t - ov), max(0, l - ov), min(h, b + ov), min(w, r + ov)) if windowed else (t, l, b, r)
-            x = src.t[:, :, t0:b0, l0:r0]
-            y = _attend(attn, norm(x, act=False))
-            res = x + y if attn.residual_connection else y
-            res = res / attn.rescale_output_factor
-            out.t[:, :, t:b, l:r] = res[:, :, t - t0 : b - t0, l - l0 : r - l0]
-            if r == w:  # a row of windows is done
-                src.release_rows(t0, b0)
-                out.release_rows(t, b)
-            self._tick()
-        return self._replace(src, out)
+        for t in range(0, h, core_h):  # one row of windows at a time
+            b = min(t + core_h, h)
+            t0, b0 = max(0, t - ov), min(h, b + ov)
+            xs = src.read(t0, b0)
+            ys = torch.empty((1, c, b - t, w), dtype=self.dtype, device=self.device)
+            for l in range(0, w, core_w):
+                r = min(l + core_w, w)
+                l0, r0 = max(0, l - ov), min(w, r + ov)
+                x = xs[:, :, :, l0:r0]
+                y = _attend(attn, norm(x, act=False))
+                res = (x + y if attn.residual_connection else y) / attn.rescale_output_factor
+                ys[:, :, :, l:r] = res[:, :, t - t0 : b - t0, l - l0 : r - l0]
+                self._tick()
+            out.write(t, ys)
+        src.close()
+        return out
 
     def norm_act_conv(self, gn: nn.GroupNorm, conv: nn.Conv2d, src: Level) -> torch.Tensor:
         """GroupNorm, SiLU and a 3x3 convolution into an ordinary tensor (few channels)."""
@@ -357,10 +347,7 @@ class _Runner:
         k = conv.kernel_size[0] // 2
         for r0, r1 in _bands(h, self._rows(src)):
             a0, a1 = max(0, r0 - k), min(h, r1 + k)
-            y = conv(norm(src.rows(a0, a1)))
-            out[:, :, r0:r1] = y[:, :, r0 - a0 : r1 - a0]
-            src.release_rows(a0, a1)
-        src.release()
+            out[:, :, r0:r1] = conv(norm(src.read(a0, a1)))[:, :, r0 - a0 : r1 - a0]
         src.close()
         return out
 
