@@ -55,7 +55,7 @@ def main() -> None:
         "mode": a.mode, "model": loaded.name, "precision": a.precision, "import_s": round(t_import, 2),
         "load_s": round(t_load, 2), "run_s": round(t_run, 2), "total_s": round(time.perf_counter() - t0, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "bytes": nbytes,
-        "threads": torch.get_num_threads(), "plan": plan,
+        "threads": torch.get_num_threads(), "plan": plan, "stages_s": getattr(loaded.model, "last_timings", None),
     }))
 
 

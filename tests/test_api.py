@@ -20,6 +20,16 @@ def test_decode_reconstructs_the_encoders_y_hat(tiny_codec):
     assert torch.equal(y_dec, comp.y_hat)
 
 
+def test_stage_timings_cover_the_pipeline(tiny_codec):
+    """The per-stage times the benchmarks report come from the run itself, per call."""
+    model = tiny_codec.get_model().model
+    data = tiny_codec.encode(smooth_image(64, 96))
+    assert set(model.last_timings) == {"VAE encoder", "ELIC encoder", "latent codec (g_a, h_a, entropy encoding)"}
+    tiny_codec.decode(data)
+    assert set(model.last_timings) == {"entropy decoding", "g_s + auxiliary decoder", "UNet", "VAE decoder"}
+    assert all(v >= 0 for v in model.last_timings.values())
+
+
 @pytest.mark.parametrize("h,w", [(1, 1), (17, 300), (64, 64), (300, 17)])
 def test_any_size_round_trips(tiny_codec, h, w):
     img = smooth_image(h, w, seed=h + w)

@@ -12,7 +12,9 @@ colour correction and the container are the API's business.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from typing import Callable
 
 import torch
@@ -55,6 +57,18 @@ class StableCodecModel(nn.Module):
         self.scaling_factor = scaling_factor
         self.plan = MemoryPlan()  # whole image at once; the API sets one per image
         self.progress = None
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the last compress or decompress
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str):
+        """Wall time of one stage into ``last_timings`` (what benchmarks/full_size.py reports)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":  # kernels are asynchronous: count them in their stage
+                torch.cuda.synchronize(self.device)
+            self.last_timings[stage] = round(self.last_timings.get(stage, 0.0) + time.perf_counter() - t, 3)
 
     @property
     def denoiser(self) -> OneStepDenoiser:
@@ -126,15 +140,21 @@ class StableCodecModel(nn.Module):
         p = self.plan
         x01 = self._layout(x01.to(self.device, self.dtype))
         vae_plan = VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
-        l_sd = self.vae.encode(x01 * 2 - 1, vae_plan, progress=self.progress) * self.scaling_factor
-        l_aux = self.elic(x01, tile=p.encoder_window, progress=self.progress)
+        self.last_timings = {}
+        with self._timed("VAE encoder"):
+            l_sd = self.vae.encode(x01 * 2 - 1, vae_plan, progress=self.progress) * self.scaling_factor
+        with self._timed("ELIC encoder"):
+            l_aux = self.elic(x01, tile=p.encoder_window, progress=self.progress)
         del x01
-        return self.codec.compress(l_sd, l_aux)
+        with self._timed("latent codec (g_a, h_a, entropy encoding)"):
+            return self.codec.compress(l_sd, l_aux)
 
     @torch.no_grad()
     def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int]) -> torch.Tensor:
         y_shape = self.codec.y_shape((padded_hw[0] // 8, padded_hw[1] // 8))
-        y_hat = self.codec.decompress(payload, symbol_crc, y_shape)
+        self.last_timings = {}
+        with self._timed("entropy decoding"):
+            y_hat = self.codec.decompress(payload, symbol_crc, y_shape)
         return self.reconstruct(y_hat)
 
     @torch.no_grad()
@@ -145,13 +165,17 @@ class StableCodecModel(nn.Module):
         up = self.codec.cfg.stride  # y -> 1/8
         w = p.synthesis_window
         # g_s and aux are convolutional: 16 y px of context make windowed outputs exact.
-        l_t = self.codec.g_s(y) if w is None else run_windows(self.codec.g_s, y, w, 16, up=up)
-        r = self.codec.aux(y) if w is None else run_windows(self.codec.aux, y, w, 16, up=up)
+        with self._timed("g_s + auxiliary decoder"):
+            l_t = self.codec.g_s(y) if w is None else run_windows(self.codec.g_s, y, w, 16, up=up)
+            r = self.codec.aux(y) if w is None else run_windows(self.codec.aux, y, w, 16, up=up)
         del y
-        l0 = self.denoiser(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
+        den = self.denoiser  # loaded on first use; the load is not the UNet's time
+        with self._timed("UNet"):
+            l0 = den(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
         del l_t
         l0 = l0 + r
         vae_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
-        x = self.vae.decode(l0 / self.scaling_factor, vae_plan, progress=self.progress)
+        with self._timed("VAE decoder"):
+            x = self.vae.decode(l0 / self.scaling_factor, vae_plan, progress=self.progress)
         del l0
         return ((x.clamp_(-1, 1) + 1) / 2).float()
