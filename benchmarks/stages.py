@@ -78,7 +78,7 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int):
         y_hat = comp.y_hat.to(dt)
         l_t = c.g_s(y_hat)
         r = c.aux(y_hat)
-        l0 = m.denoiser(l_t) + r
+        l0 = ((m.denoiser(l_t) + r.float()) / m.scaling_factor).to(dt)  # as StableCodecModel.reconstruct
         st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1))
         st["ELIC encoder"] = (lambda: m.elic(x))
         st["g_a + h_a"] = (lambda: c.h_a(c.g_a(l_sd, l_aux)))
@@ -87,7 +87,7 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int):
         st["g_s"] = (lambda: c.g_s(y_hat))
         st["auxiliary decoder"] = (lambda: c.aux(y_hat))
         st["UNet"] = (lambda: m.denoiser(l_t))
-        st["VAE decoder"] = (lambda: m.vae.decode(l0 / m.scaling_factor))
+        st["VAE decoder"] = (lambda: m.vae.decode(l0))
         return load_s, st
 
 

@@ -50,12 +50,16 @@ class OneStepDenoiser(nn.Module):
         prompt = self.prompt_embedding.to(l_t.device, l_t.dtype).expand(l_t.shape[0], -1, -1)
         t = torch.full((l_t.shape[0],), TIMESTEP, device=l_t.device, dtype=torch.long)
         eps = self.unet(l_t, t, encoder_hidden_states=prompt).sample
-        return (l_t[:, : self.latent_channels] - math.sqrt(1.0 - self.abar) * eps) / math.sqrt(self.abar)
+        # Eq. 3 in float32 whatever the network's precision: at t = 999 it subtracts two
+        # near-equal terms and scales the difference up by 1/sqrt(abar) ~ 15, so it should
+        # not add reduced-precision roundings of its own. The caller casts once.
+        l_t, eps = l_t[:, : self.latent_channels].float(), eps.float()
+        return (l_t - math.sqrt(1.0 - self.abar) * eps) / math.sqrt(self.abar)
 
     @torch.no_grad()
     def forward(self, l_t: torch.Tensor, tile: int | None = None, overlap: int = 32, batch: int = 1,
                 progress=None) -> torch.Tensor:
-        """l_0 - r for the whole latent; tiles of ``tile`` latent px when it is larger."""
+        """l_0 - r for the whole latent (float32); tiles of ``tile`` latent px when it is larger."""
         h, w = l_t.shape[2:]
         if tile is None or (h <= tile and w <= tile):
             return self._x0(l_t)
@@ -69,4 +73,4 @@ class OneStepDenoiser(nn.Module):
                 agg.add(b, out[j : j + 1], gaussian_weight(b.height, b.width, device=l_t.device))
             if progress is not None:
                 progress(len(chunk))
-        return agg.result().to(l_t.dtype)
+        return agg.result()

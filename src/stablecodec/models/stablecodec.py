@@ -173,9 +173,9 @@ class StableCodecModel(nn.Module):
         with self._timed("UNet"):
             l0 = den(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
         del l_t
-        l0 = l0 + r
+        l0 = self._layout(((l0 + r.float()) / self.scaling_factor).to(self.dtype))  # one rounding to the VAE's dtype
         vae_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
         with self._timed("VAE decoder"):
-            x = self.vae.decode(l0 / self.scaling_factor, vae_plan, progress=self.progress)
+            x = self.vae.decode(l0, vae_plan, progress=self.progress)
         del l0
         return ((x.clamp_(-1, 1) + 1) / 2).float()
