@@ -323,7 +323,10 @@ def test_interrupt_leaves_no_partial_file_and_a_rerun_resumes(weights_home, tmp_
     for i in range(6):
         image(src / f"{i}.png", seed=i)
     cmd = [sys.executable, "-c", SLOW_CLI, "encode", str(src), "-o", str(out), "--json", str(tmp_path / "r1.json"), *M]
-    proc = subprocess.Popen(cmd, env=_env(weights_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Ctrl-C as at a terminal: a suite started in the background of a non-interactive shell
+    # would otherwise hand the CLI an ignored SIGINT, which Python then leaves ignored.
+    proc = subprocess.Popen(cmd, env=_env(weights_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(out.glob("*.scdc")):
         assert proc.poll() is None, proc.communicate()
