@@ -56,38 +56,57 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(ts)
 
 
-def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int):
+def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_memory: str | None = None):
+    """The stages as ``StableCodecModel.compress``/``reconstruct`` run them, with the tile
+    plan the library picks for this (padded) size and memory budget."""
     import stablecodec
-    from stablecodec.api import place
+    from stablecodec.models.vae import VAEPlan
+    from stablecodec.tiling import run_windows
 
     t0 = time.perf_counter()
-    codec = stablecodec.Codec("ft8", weights_dir=cache, device="cpu", precision=precision)
+    codec = stablecodec.Codec("ft8", weights_dir=cache, device="cpu", precision=precision, max_memory=max_memory)
     loaded = codec.get_model()
     m = loaded.model
     m.denoiser  # noqa: B018 -- load the UNet now, counted as model load
     load_s = time.perf_counter() - t0
+    s = m.stride
+    h, w = -(-h // s) * s, -(-w // s) * s  # the padded size the codec works on
+    codec._plan(loaded, h, w)  # the library's own planner; sets m.plan
+    p = m.plan
+    print(f"plan at {w}x{h}: {m.last_plan}", file=sys.stderr)
     dt = m.dtype
-    x = torch.rand(1, 3, h, w, dtype=dt)
+    x = m._layout(torch.rand(1, 3, h, w, dtype=dt))
     c = m.codec
+    enc_plan = VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
+    dec_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
+    win = p.synthesis_window
+    up = c.cfg.stride
+
+    def synth(f, y):
+        return f(y) if win is None else run_windows(f, y, win, 16, up=up)
+
+    def unet(l_t):
+        return m.denoiser(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch)
+
     st = {}
     with torch.no_grad():
-        l_sd = m.vae.encode(x * 2 - 1) * m.scaling_factor
-        l_aux = m.elic(x)
+        l_sd = m.vae.encode(x * 2 - 1, enc_plan) * m.scaling_factor
+        l_aux = m.elic(x, tile=p.encoder_window)
         y = c.g_a(l_sd, l_aux)
         comp = c.compress_y(y.float().cpu())
-        y_hat = comp.y_hat.to(dt)
-        l_t = c.g_s(y_hat)
-        r = c.aux(y_hat)
-        l0 = ((m.denoiser(l_t) + r.float()) / m.scaling_factor).to(dt)  # as StableCodecModel.reconstruct
-        st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1))
-        st["ELIC encoder"] = (lambda: m.elic(x))
+        y_hat = m._layout(comp.y_hat.to(dt))
+        l_t = synth(c.g_s, y_hat)
+        r = synth(c.aux, y_hat)
+        l0 = m._layout(((unet(l_t) + r.float()) / m.scaling_factor).to(dt))  # as StableCodecModel.reconstruct
+        st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1, enc_plan))
+        st["ELIC encoder"] = (lambda: m.elic(x, tile=p.encoder_window))
         st["g_a + h_a"] = (lambda: c.h_a(c.g_a(l_sd, l_aux)))
         st["entropy encoding"] = (lambda: c.compress_y(y.float().cpu()))
         st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape))
-        st["g_s"] = (lambda: c.g_s(y_hat))
-        st["auxiliary decoder"] = (lambda: c.aux(y_hat))
-        st["UNet"] = (lambda: m.denoiser(l_t))
-        st["VAE decoder"] = (lambda: m.vae.decode(l0))
+        st["g_s"] = (lambda: synth(c.g_s, y_hat))
+        st["auxiliary decoder"] = (lambda: synth(c.aux, y_hat))
+        st["UNet"] = (lambda: unet(l_t))
+        st["VAE decoder"] = (lambda: m.vae.decode(l0, dec_plan))
         return load_s, st
 
 
@@ -154,6 +173,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/stablecodec-bench/full"))
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--max-memory", default=None, help="the budget the tile plan is chosen for (the library's default if unset)")
     ap.add_argument("--compare", action="store_true", help="whole decodes side by side (fp32 first) instead of stages")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
@@ -170,7 +190,7 @@ def main() -> None:
     for prec in a.precision:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
         rate = matmul_rate(dtype)
-        load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat) if a.model == "full" else lite_stages(prec, h, w, a.repeat)
+        load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat, a.max_memory) if a.model == "full" else lite_stages(prec, h, w, a.repeat)
         total = {"encode": 0.0, "decode": 0.0}
         for name, fn in stages.items():
             with torch.no_grad():
