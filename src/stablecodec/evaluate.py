@@ -556,11 +556,9 @@ class MatchedRate:
         # Highest PSNR; on a tie the larger scale (earlier in the list) wins.
         best = max(candidates, key=lambda c: (c.psnr, -candidates.index(c)))
         rec = self._reconstruct(codec, best.scale, best.quality)
-        factor = dict(SCALES)[best.scale]
-        if best.scale == "1":
-            return Match(codec.name, target_bpp, best.quality, "1", 1.0, best.bytes, best.bpp, rec, candidates)
-        return Match(codec.name, target_bpp, best.quality, best.scale, factor, best.bytes, best.bpp, rec, candidates,
-                     note=f"downscaled {best.scale} (Lanczos), coded, upscaled back (Lanczos)")
+        note = "" if best.scale == "1" else f"downscaled {best.scale} (Lanczos), coded, upscaled back (Lanczos)"
+        return Match(codec.name, target_bpp, best.quality, best.scale, dict(SCALES)[best.scale], best.bytes, best.bpp,
+                     rec, candidates, note=note)
 
 
 # ---------------------------------------------------------------------------------------

@@ -318,7 +318,7 @@ class _Runner:
         """Self-attention with whole-image GroupNorm statistics, in windows when the latent is large."""
         _, c, h, w = src.shape
         norm = self.stats(attn.group_norm, src)
-        windowed = h > self.plan.attn_tile + 2 * self.plan.attn_overlap or w > self.plan.attn_tile + 2 * self.plan.attn_overlap
+        windowed = TiledVAE._needs_attn_tiles(h, w, self.plan)
         core_h, core_w, ov = (self.plan.attn_tile, self.plan.attn_tile, self.plan.attn_overlap) if windowed else (h, w, 0)
         # Outputs go to a fresh buffer: windows read their context from the unmodified input.
         out = self._new(c, h, w)
