@@ -60,8 +60,6 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
     """The stages as ``StableCodecModel.compress``/``reconstruct`` run them, with the tile
     plan the library picks for this (padded) size and memory budget."""
     import stablecodec
-    from stablecodec.models.vae import VAEPlan
-    from stablecodec.tiling import run_windows
 
     t0 = time.perf_counter()
     codec = stablecodec.Codec("ft8", weights_dir=cache, device="cpu", precision=precision, max_memory=max_memory)
@@ -72,40 +70,28 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
     s = m.stride
     h, w = -(-h // s) * s, -(-w // s) * s  # the padded size the codec works on
     codec._plan(loaded, h, w)  # the library's own planner; sets m.plan
-    p = m.plan
     print(f"plan at {w}x{h}: {m.last_plan}", file=sys.stderr)
     dt = m.dtype
     x = m._layout(torch.rand(1, 3, h, w, dtype=dt))
     c = m.codec
-    enc_plan = VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
-    dec_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
-    win = p.synthesis_window
-    up = c.cfg.stride
-
-    def synth(f, y):
-        return f(y) if win is None else run_windows(f, y, win, 16, up=up)
-
-    def unet(l_t):
-        return m.denoiser(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch)
-
+    enc_plan, dec_plan, window = m.vae_plan(False), m.vae_plan(True), m.plan.encoder_window
     st = {}
     with torch.no_grad():
         l_sd = m.vae.encode(x * 2 - 1, enc_plan) * m.scaling_factor
-        l_aux = m.elic(x, tile=p.encoder_window)
+        l_aux = m.elic(x, tile=window)
         y = c.g_a(l_sd, l_aux)
         comp = c.compress_y(y.float().cpu())
         y_hat = m._layout(comp.y_hat.to(dt))
-        l_t = synth(c.g_s, y_hat)
-        r = synth(c.aux, y_hat)
-        l0 = m._layout(((unet(l_t) + r.float()) / m.scaling_factor).to(dt))  # as StableCodecModel.reconstruct
+        l_t = m.synthesis(c.g_s, y_hat)
+        l0 = m.vae_input(m.denoise(l_t), m.synthesis(c.aux, y_hat))
         st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1, enc_plan))
-        st["ELIC encoder"] = (lambda: m.elic(x, tile=p.encoder_window))
+        st["ELIC encoder"] = (lambda: m.elic(x, tile=window))
         st["g_a + h_a"] = (lambda: c.h_a(c.g_a(l_sd, l_aux)))
         st["entropy encoding"] = (lambda: c.compress_y(y.float().cpu()))
         st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape))
-        st["g_s"] = (lambda: synth(c.g_s, y_hat))
-        st["auxiliary decoder"] = (lambda: synth(c.aux, y_hat))
-        st["UNet"] = (lambda: unet(l_t))
+        st["g_s"] = (lambda: m.synthesis(c.g_s, y_hat))
+        st["auxiliary decoder"] = (lambda: m.synthesis(c.aux, y_hat))
+        st["UNet"] = (lambda: m.denoise(l_t))
         st["VAE decoder"] = (lambda: m.vae.decode(l0, dec_plan))
         return load_s, st
 

@@ -135,16 +135,37 @@ class StableCodecModel(nn.Module):
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if channels_last(x.dtype, x.device.type) else x
 
+    # -- the stages under the current plan (also what benchmarks/stages.py times) --------
+
+    def vae_plan(self, decoder: bool) -> VAEPlan:
+        p = self.plan
+        if decoder:
+            return VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
+        return VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
+
+    def synthesis(self, module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """g_s or the auxiliary decoder on ŷ, in exact windows when the plan says so."""
+        w = self.plan.synthesis_window
+        # Both are convolutional: 16 y px of context make windowed outputs exact.
+        return module(y) if w is None else run_windows(module, y, w, 16, up=self.codec.cfg.stride)
+
+    def denoise(self, l_t: torch.Tensor) -> torch.Tensor:
+        """l_0 - r (Eq. 3) from the UNet, in the plan's tiles."""
+        p = self.plan
+        return self.denoiser(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
+
+    def vae_input(self, l0_minus_r: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """l_0 = UNet part + r (Eq. 3) in float32, scaled for the VAE: one rounding to its dtype."""
+        return self._layout(((l0_minus_r + r.float()) / self.scaling_factor).to(self.dtype))
+
     @torch.no_grad()
     def compress(self, x01: torch.Tensor) -> Compressed:
-        p = self.plan
         x01 = self._layout(x01.to(self.device, self.dtype))
-        vae_plan = VAEPlan(band_elems=p.vae_enc_band, spill=p.vae_enc_spill, attn_tile=p.attn_tile)
         self.last_timings = {}
         with self._timed("VAE encoder"):
-            l_sd = self.vae.encode(x01 * 2 - 1, vae_plan, progress=self.progress) * self.scaling_factor
+            l_sd = self.vae.encode(x01 * 2 - 1, self.vae_plan(False), progress=self.progress) * self.scaling_factor
         with self._timed("ELIC encoder"):
-            l_aux = self.elic(x01, tile=p.encoder_window, progress=self.progress)
+            l_aux = self.elic(x01, tile=self.plan.encoder_window, progress=self.progress)
         del x01
         with self._timed("latent codec (g_a, h_a, entropy encoding)"):
             return self.codec.compress(l_sd, l_aux)
@@ -160,22 +181,17 @@ class StableCodecModel(nn.Module):
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor) -> torch.Tensor:
         """ŷ -> image in [0, 1] (Eq. 3 and the VAE decoder)."""
-        p = self.plan
         y = self._layout(y_hat.to(self.device, self.dtype))
-        up = self.codec.cfg.stride  # y -> 1/8
-        w = p.synthesis_window
-        # g_s and aux are convolutional: 16 y px of context make windowed outputs exact.
         with self._timed("g_s + auxiliary decoder"):
-            l_t = self.codec.g_s(y) if w is None else run_windows(self.codec.g_s, y, w, 16, up=up)
-            r = self.codec.aux(y) if w is None else run_windows(self.codec.aux, y, w, 16, up=up)
+            l_t = self.synthesis(self.codec.g_s, y)
+            r = self.synthesis(self.codec.aux, y)
         del y
-        den = self.denoiser  # loaded on first use; the load is not the UNet's time
+        self.denoiser  # noqa: B018 -- loaded on first use; the load is not the UNet's time
         with self._timed("UNet"):
-            l0 = den(l_t, tile=p.unet_tile, overlap=p.unet_overlap, batch=p.unet_batch, progress=self.progress)
+            l0 = self.denoise(l_t)
         del l_t
-        l0 = self._layout(((l0 + r.float()) / self.scaling_factor).to(self.dtype))  # one rounding to the VAE's dtype
-        vae_plan = VAEPlan(band_elems=p.vae_dec_band, spill=p.vae_dec_spill, attn_tile=p.attn_tile)
+        l0 = self.vae_input(l0, r)
         with self._timed("VAE decoder"):
-            x = self.vae.decode(l0, vae_plan, progress=self.progress)
+            x = self.vae.decode(l0, self.vae_plan(True), progress=self.progress)
         del l0
         return ((x.clamp_(-1, 1) + 1) / 2).float()
