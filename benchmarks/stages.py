@@ -9,13 +9,16 @@ median is reported: VAE encoder, ELIC encoder, g_a (+ h_a), entropy encoding (th
 context model and the range coder), entropy decoding, g_s, the auxiliary decoder, the
 UNet, the VAE decoder (for ``lite``: its analysis, g_a, entropy coding, g_s, synthesis).
 FLOPs come from ``torch.utils.flop_counter`` (2 per multiply-add, convolutions and
-matmuls only); the floor is FLOPs divided by the machine's dense matmul rate at that
-precision, measured here on a 4096^3 GEMM. Prints JSON lines and a Markdown table.
+matmuls only), split by the dtype each op computes in; the floor is the sum over dtypes
+of FLOPs divided by the machine's dense matmul rate in that dtype, measured here on a
+4096^3 GEMM (reduced-precision models keep a few modules in float32; the entropy path is
+float64). Prints JSON lines and a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -39,12 +42,28 @@ def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n**3 / min(ts)
 
 
-def flops(fn) -> int:
+def flops(fn) -> dict[torch.dtype, int]:
+    """FLOPs of ``fn`` by the dtype each op computes in (reduced-precision models keep some
+    modules in float32; the entropy path is float64)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
+    class ByDtype(FlopCounterMode):
+        # FlopCounterMode totals over dtypes; its per-op hook is the one place that sees the
+        # operands, so this overrides it (private API, benchmark only).
+        def __init__(self):
+            super().__init__(display=False)
+            self.by_dtype = collections.Counter()
+
+        def _count_flops(self, func_packet, out, args, kwargs):
+            if func_packet in self.flop_registry:
+                dt = next((a.dtype for a in args if isinstance(a, torch.Tensor)), None)
+                self.by_dtype[dt] += int(self.flop_registry[func_packet](*args, **kwargs, out_val=out))
+            return super()._count_flops(func_packet, out, args, kwargs)
+
+    with ByDtype() as fc:
         fn()
-    return int(fc.get_total_flops())
+    assert sum(fc.by_dtype.values()) == fc.get_total_flops()
+    return dict(fc.by_dtype)
 
 
 def timed(fn, repeat: int) -> float:
@@ -121,8 +140,10 @@ def lite_stages(precision: str, h: int, w: int, repeat: int):
     return load_s, st
 
 
-def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str], out: str | None) -> None:
-    """Decode one file at each precision side by side: wall time and relative L2 to float32."""
+def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str], out: str | None,
+                   repeat: int) -> None:
+    """Decode one file at each precision side by side: median wall time of ``repeat`` decodes
+    after a warm-up one, and the relative L2 of the image to float32's."""
     import numpy as np
 
     import stablecodec
@@ -137,14 +158,17 @@ def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str
     for prec in precisions:
         codec = stablecodec.Codec(model, device="cpu", precision=prec, **kw)
         codec.decode_array(data)  # loads the model and warms up
-        t = time.perf_counter()
-        x = codec.decode_array(data)
-        sec = time.perf_counter() - t
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            x = codec.decode_array(data)
+            times.append(round(time.perf_counter() - t, 2))
+        sec = statistics.median(times)
         if prec == "fp32":
             ref = x
         rel = None if ref is None else float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
         row = {"compare": "decode", "model": model, "size": f"{w}x{h}", "precision": prec, "seconds": round(sec, 2),
-               "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads()}
+               "all_s": times, "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads()}
         print(json.dumps(row), flush=True)
         if out:
             with open(out, "a") as f:
@@ -170,22 +194,27 @@ def main() -> None:
         ensure_release(Path(a.cache))
     if a.compare:
         precs = ["fp32"] + [p for p in a.precision if p != "fp32"]
-        compare_decode(Path(a.cache), "ft8" if a.model == "full" else "lite-3", h, w, precs, a.out)
+        compare_decode(Path(a.cache), "ft8" if a.model == "full" else "lite-3", h, w, precs, a.out, a.repeat)
         return
     rows = []
+    rates: dict[torch.dtype, float] = {}
     for prec in a.precision:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
-        rate = matmul_rate(dtype)
+        for dt in (dtype, torch.float32, torch.float64):
+            if dt not in rates:
+                rates[dt] = matmul_rate(dt)
         load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat, a.max_memory) if a.model == "full" else lite_stages(prec, h, w, a.repeat)
-        total = {"encode": 0.0, "decode": 0.0}
         for name, fn in stages.items():
             with torch.no_grad():
-                fl = flops(fn)
+                by_dtype = flops(fn)
                 sec = timed(fn, a.repeat)
-            floor = fl / rate
+            fl = sum(by_dtype.values())
+            floor = sum(n / rates.get(dt, rates[torch.float32]) for dt, n in by_dtype.items())
             row = {"model": a.model, "size": a.size, "precision": prec, "stage": name, "seconds": round(sec, 3),
                    "gflop": round(fl / 1e9, 1), "floor_s": round(floor, 3), "ratio": round(sec / floor, 2) if floor else None,
-                   "matmul_gflops": round(rate / 1e9), "load_s": round(load_s, 1), "threads": torch.get_num_threads()}
+                   "gflop_by_dtype": {str(dt).removeprefix("torch."): round(n / 1e9, 1) for dt, n in by_dtype.items()},
+                   "matmul_gflops": {str(dt).removeprefix("torch."): round(r / 1e9) for dt, r in rates.items()},
+                   "load_s": round(load_s, 1), "threads": torch.get_num_threads()}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.out:

@@ -261,7 +261,9 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
     out = int(12 * px)
     latent_px = px // 64
     unet_tile, unet_batch = None, 1
-    per_latent = _UNET_PER_LATENT_PX * sc * wd["unet"]
+    # At float32 size whatever the precision: the UNet's full-resolution level, where its
+    # activations are largest, stays float32 (models/denoiser.py, float32_modules).
+    per_latent = _UNET_PER_LATENT_PX * wd["unet"]
     unet = per_latent * latent_px
     if latent_px > 96 * 96 or l_t + unet > room_d:
         unet_tile, unet = 96, per_latent * 96 * 96

@@ -20,10 +20,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..tiling import MemoryPlan, run_windows
+from . import precision
 from .denoiser import OneStepDenoiser
 from .encoder import ElicAnalysis
 from .latent_codec import Compressed, LatentCodec
-from ..tiling import MemoryPlan, run_windows
 from .vae import TiledVAE, VAEPlan
 
 
@@ -33,9 +34,8 @@ def channels_last(dtype: torch.dtype, device: str) -> bool:
 
 
 def _place(m: nn.Module, device: str, dtype: torch.dtype) -> None:
-    m.to(device=device, dtype=dtype)
-    if channels_last(dtype, device):
-        m.to(memory_format=torch.channels_last)
+    keep = m.float32_modules() if hasattr(m, "float32_modules") else []
+    precision.place(m, device, dtype, keep, channels_last(dtype, device))
 
 
 class StableCodecModel(nn.Module):
@@ -194,4 +194,4 @@ class StableCodecModel(nn.Module):
         with self._timed("VAE decoder"):
             x = self.vae.decode(l0, self.vae_plan(True), progress=self.progress)
         del l0
-        return ((x.clamp_(-1, 1) + 1) / 2).float()
+        return (x.float().clamp_(-1, 1) + 1) / 2  # in bf16, x + 1 would round to steps of 1/128
