@@ -38,7 +38,7 @@ def test_kept_module_computes_in_float32_and_hands_back_when_asked(hand_back, ou
     net = _chain()
     kept = net[1] if hand_back else net[2]
     precision.place(net, "cpu", torch.bfloat16, [kept], channels_last=False)
-    precision.keep_float32(kept, hand_back=hand_back)
+    precision.run_in_own_dtype(kept, hand_back=hand_back)
     seen = {}
     kept.register_forward_hook(lambda m, a, o: seen.update(inp=a[0].dtype, out=o.dtype))
     out = net(torch.randn(2, 8, dtype=torch.bfloat16))
@@ -62,12 +62,26 @@ def bf16_model(tiny_release):
 def test_bf16_model_keeps_the_unet_full_resolution_level_and_vae_output_in_float32(bf16_model):
     _, m = bf16_model
     den = m.denoiser
-    kept = {id(p) for mod in den.float32_modules() + m.vae.float32_modules() for p in mod.parameters()}
-    assert kept
-    for mod in den.float32_modules() + m.vae.float32_modules():
-        assert {p.dtype for p in mod.parameters()} == {torch.float32}
-    others = {p.dtype for p in list(den.parameters()) + list(m.vae.parameters()) if id(p) not in kept}
-    assert others == {torch.bfloat16}
+    reduced = {id(p) for mod in den.reduced_modules() for p in mod.parameters()}
+    kept = {id(p) for mod in den.float32_modules() + m.vae.float32_modules() for p in mod.parameters()} - reduced
+    assert kept and reduced  # the tiny UNet has transformer blocks at full resolution too
+    dtype = {id(p): p.dtype for p in list(den.parameters()) + list(m.vae.parameters())}
+    assert {dtype[i] for i in kept} == {torch.float32}
+    assert {dtype[i] for i in reduced} == {torch.bfloat16}
+    assert {d for i, d in dtype.items() if i not in kept} == {torch.bfloat16}
+
+
+def test_feed_forward_inside_a_float32_block_runs_bf16_and_hands_back_float32(bf16_model, tiny_codec):
+    codec, m = bf16_model
+    ff = m.denoiser.reduced_modules()[0]
+    seen = {}
+    h = ff.register_forward_hook(lambda mod, a, o: seen.update(inp=a[0].dtype, out=o.dtype))
+    try:
+        codec.decode_array(tiny_codec.encode(smooth_image(64, 64, seed=4)))
+    finally:
+        h.remove()
+    assert seen["inp"] == torch.bfloat16  # cast down on the way in (the block around it is float32)
+    assert seen["out"] == torch.float32  # and handed back up (that hook runs before this one)
 
 
 def test_bf16_decode_gives_float32_eps_and_image(bf16_model, tiny_codec):

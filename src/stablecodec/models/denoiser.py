@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..tiling import LatentAggregator, gaussian_weight, plan_tiles_2d
-from .precision import keep_float32
+from .precision import run_in_own_dtype
 
 TIMESTEP = 999
 
@@ -50,7 +50,9 @@ class OneStepDenoiser(nn.Module):
         self.abar = abar
         self.latent_channels = unet.config.out_channels
         for i, module in enumerate(self.float32_modules()):
-            keep_float32(module, hand_back=i == 0)
+            run_in_own_dtype(module, hand_back=i == 0)
+        for module in self.reduced_modules():
+            run_in_own_dtype(module, hand_back=True)
 
     def float32_modules(self) -> list[nn.Module]:
         """What stays float32 at reduced precision: the UNet's full-resolution level and output.
@@ -66,6 +68,12 @@ class OneStepDenoiser(nn.Module):
         """
         u = self.unet
         return [u.down_blocks[0], u.up_blocks[-1], u.conv_norm_out, u.conv_out]
+
+    def reduced_modules(self) -> list[nn.Module]:
+        """Inside those, what runs in the working precision after all: the feed-forward layers
+        of the level's transformer blocks, its largest linear layers. In bf16 they move the
+        UNet's output from 0.646 % to 0.662 % off float32 and save ~0.7 s (measured, 768x512)."""
+        return [m for b in self.float32_modules()[:2] for n, m in b.named_modules() if n.rsplit(".", 1)[-1] == "ff"]
 
     def _x0(self, l_t: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embedding.to(l_t.device, l_t.dtype).expand(l_t.shape[0], -1, -1)

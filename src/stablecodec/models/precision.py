@@ -4,10 +4,11 @@ bf16 keeps 8 significant bits, so every layer it runs adds a relative rounding o
 2^-9 to its output. Where those roundings matter most (the UNet's full-resolution level
 and output layers, the VAE decoder's output layers) the models keep a few modules in
 float32: :func:`place` casts a model to the working dtype but restores those modules'
-original float32 weights, and :func:`keep_float32` makes a module take its inputs in its
-own dtype and, if asked, hand its outputs back in the dtype they arrived in. Which
-modules, and what it buys, is each model's business (``float32_modules()``);
-docs/performance.md has the measurements.
+original float32 weights, and :func:`run_in_own_dtype` makes a module take its inputs in its
+own dtype and, if asked, hand its outputs back in the dtype they arrived in. Within an
+island, modules that cost much and matter little can run in the working dtype again
+(``reduced``). Which modules, and what it buys, is each model's business
+(``float32_modules()``, ``reduced_modules()``); docs/performance.md has the measurements.
 
 torch.autocast does not do this: once an activation is bf16 every later op sees bf16,
 and its per-op lists say nothing about whole blocks.
@@ -46,7 +47,7 @@ def _first_float_dtype(obj) -> torch.dtype | None:
     return None
 
 
-def keep_float32(module: nn.Module, hand_back: bool) -> None:
+def run_in_own_dtype(module: nn.Module, hand_back: bool) -> None:
     """Run ``module`` in its own weights' dtype whatever its inputs come in.
 
     With ``hand_back`` its outputs return to the dtype of its first floating input, for
@@ -67,13 +68,16 @@ def keep_float32(module: nn.Module, hand_back: bool) -> None:
 
 
 def place(model: nn.Module, device: str | torch.device, dtype: torch.dtype, keep: list[nn.Module],
-          channels_last: bool) -> None:
+          channels_last: bool, reduced: list[nn.Module] = ()) -> None:
     """``model`` to ``device`` in ``dtype``, except ``keep``, which stay in float32 with their
-    original weights (not their rounding to ``dtype`` and back)."""
+    original weights (not their rounding to ``dtype`` and back), and within them ``reduced``,
+    which are in ``dtype`` again."""
     saved = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in keep] if dtype != torch.float32 else []
     model.to(device=device, dtype=dtype)
     for m, state in zip(keep, saved):
         m.to(dtype=torch.float32)
         m.load_state_dict(state)
+    for m in reduced if saved else []:
+        m.to(dtype=dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)

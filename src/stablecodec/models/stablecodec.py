@@ -35,7 +35,8 @@ def channels_last(dtype: torch.dtype, device: str) -> bool:
 
 def _place(m: nn.Module, device: str, dtype: torch.dtype) -> None:
     keep = m.float32_modules() if hasattr(m, "float32_modules") else []
-    precision.place(m, device, dtype, keep, channels_last(dtype, device))
+    reduced = m.reduced_modules() if hasattr(m, "reduced_modules") else []
+    precision.place(m, device, dtype, keep, channels_last(dtype, device), reduced)
 
 
 class StableCodecModel(nn.Module):

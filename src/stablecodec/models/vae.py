@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import keep_float32
+from .precision import run_in_own_dtype
 
 
 @dataclasses.dataclass
@@ -165,7 +165,7 @@ class TiledVAE(nn.Module):
         super().__init__()
         self.vae = vae
         for module in self.float32_modules():
-            keep_float32(module, hand_back=False)
+            run_in_own_dtype(module, hand_back=False)
 
     def float32_modules(self) -> list[nn.Module]:
         """What stays float32 at reduced precision: the decoder's output norm and convolution.
