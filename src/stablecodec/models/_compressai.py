@@ -5,7 +5,9 @@ in torch_geometric: seconds at every start of the command-line tool, for classes
 project never uses. The two modules needed here import nothing of that, so they are
 loaded with the package's ``__init__`` bypassed; the stand-in package is removed right
 after, so a later ``import compressai`` anywhere still runs the real ``__init__`` (and
-reuses these already-loaded submodules).
+reuses these already-loaded submodules). Their module-level ``import scipy.stats`` (0.7 s
+here, for one call to ``norm.ppf`` when CDF tables are built) is left to happen on first
+use, which SciPy's own lazy submodule attributes allow.
 """
 
 from __future__ import annotations
@@ -45,7 +47,29 @@ def _lean_package():
             del sys.modules["compressai"]
 
 
-with _lean_package():
+@contextlib.contextmanager
+def _stats_on_first_use():
+    """While active, ``import scipy.stats`` finds an empty placeholder; afterwards the
+    placeholder is gone, so ``scipy.stats.norm`` in compressai's code imports the real
+    module through ``scipy.__getattr__`` when it first runs. (importlib's LazyLoader does
+    not help: the import statement itself reads the module's ``__spec__``, which loads it.)"""
+    if "scipy.stats" in sys.modules or importlib.util.find_spec("scipy") is None:
+        yield
+        return
+    import scipy
+
+    placeholder = types.ModuleType("scipy.stats")
+    sys.modules["scipy.stats"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("scipy.stats") is placeholder:
+            del sys.modules["scipy.stats"]
+        if scipy.__dict__.get("stats") is placeholder:
+            del scipy.stats
+
+
+with _lean_package(), _stats_on_first_use():
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.layers import AttentionBlock
 
