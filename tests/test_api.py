@@ -89,3 +89,12 @@ def test_bad_arguments_name_themselves():
         api.Codec(precision="int8")
     with pytest.raises(ConfigError, match="either a model name or a target bpp"):
         api.Codec("lite-1", bpp=0.1)
+
+
+def test_stage_timings_describe_the_last_call_only(tiny_codec):
+    model = tiny_codec.get_model().model
+    comp = model.compress(torch.from_numpy(smooth_image(256, 256).transpose(2, 0, 1))[None])
+    model.decompress(comp.payload, comp.symbol_crc, (256, 256))
+    assert "entropy decoding" in model.last_timings
+    model.reconstruct(comp.y_hat)  # called directly: its own stages, not added to the last decode's
+    assert set(model.last_timings) == {"g_s + auxiliary decoder", "UNet", "VAE decoder"}

@@ -177,11 +177,15 @@ class StableCodecModel(nn.Module):
         self.last_timings = {}
         with self._timed("entropy decoding"):
             y_hat = self.codec.decompress(payload, symbol_crc, y_shape)
-        return self.reconstruct(y_hat)
+        return self._reconstruct(y_hat)
 
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor) -> torch.Tensor:
         """ŷ -> image in [0, 1] (Eq. 3 and the VAE decoder)."""
+        self.last_timings = {}
+        return self._reconstruct(y_hat)
+
+    def _reconstruct(self, y_hat: torch.Tensor) -> torch.Tensor:
         y = self._layout(y_hat.to(self.device, self.dtype))
         with self._timed("g_s + auxiliary decoder"):
             l_t = self.synthesis(self.codec.g_s, y)
