@@ -95,6 +95,28 @@ def test_banded_vae_matches_untiled(tiny_vae):
         assert torch.equal(tiny_vae.encode(x, VAEPlan(band_elems=3000, attn_tile=1000, spill=True)), tiny_vae.encode(x, banded))
 
 
+def test_one_band_runs_each_first_convolution_once(tiny_vae):
+    """Whole image but windowed attention (what 2048x1365 gets): conv1's output from the
+    statistics pass is reused, and the result is the banded runner's."""
+    from stablecodec.models.vae import VAEPlan
+
+    z = torch.randn(1, 4, 15, 25)
+    conv1s = [r.conv1 for b in [tiny_vae.vae.decoder.mid_block, *tiny_vae.vae.decoder.up_blocks] for r in b.resnets]
+    calls = []
+    hooks = [c.register_forward_hook(lambda m, a, o: calls.append(m)) for c in conv1s]
+    try:
+        with torch.no_grad():
+            one_band = tiny_vae.decode(z, VAEPlan(band_elems=None, attn_tile=8, attn_overlap=4))
+            n_one = len(calls)
+            banded = tiny_vae.decode(z, VAEPlan(band_elems=3000, attn_tile=8, attn_overlap=4))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert n_one == len(conv1s)
+    assert len(calls) - n_one > 2 * len(conv1s)  # several bands: each recomputes in pass B
+    torch.testing.assert_close(one_band, banded, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("h,w", [(1, 1), (17, 300), (4000, 64)])
 def test_extreme_sizes_round_trip(tiny_codec, h, w):
     img = smooth_image(h, w, seed=h)
@@ -175,19 +197,22 @@ def test_image_limits():
         container.check_size(16385, 100)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_spilled_buffer_reads_back_what_was_written_in_other_bands(dtype):
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_spilled_buffer_reads_back_what_was_written_in_other_bands(dtype, channels_last):
     """A spilled buffer lives in its file only (row-major, one pread/pwrite per band): rows
     written in bands of 7 read back identical over ranges that straddle those bands."""
     from stablecodec.models.vae import Level
 
-    lvl = Level(3, 256, 1000, dtype, "cpu", spill=True)
+    lvl = Level(3, 256, 1000, dtype, "cpu", spill=True, channels_last=channels_last)
     assert lvl.t is None  # nothing of it is held in RAM
     data = torch.randn(1, 3, 256, 1000).to(dtype)
+    if channels_last:
+        data = data.contiguous(memory_format=torch.channels_last)
     for r0 in range(0, 256, 7):
         lvl.write(r0, data[:, :, r0 : r0 + 7])
     for r0, r1 in [(0, 256), (10, 20), (6, 8), (250, 256)]:
         got = lvl.read(r0, r1)
-        assert got.dtype == dtype and got.is_contiguous()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)  # no transposing copy needed
         assert torch.equal(got, data[:, :, r0:r1])
     lvl.close()

@@ -20,6 +20,12 @@ import torch
 from torch import nn
 
 
+def channels_last(dtype: torch.dtype, device: str) -> bool:
+    """Whether convolutions should run NHWC: always on CUDA, for bf16/fp16 on CPU (why:
+    ``StableCodecModel.place``)."""
+    return device == "cuda" or dtype != torch.float32
+
+
 def cast(obj, dtype: torch.dtype):
     """Floating tensors in (nested tuples, lists, dicts of) ``obj`` to ``dtype``."""
     if isinstance(obj, torch.Tensor):

@@ -22,15 +22,11 @@ from torch import nn
 
 from ..tiling import MemoryPlan, run_windows
 from . import precision
+from .precision import channels_last
 from .denoiser import OneStepDenoiser
 from .encoder import ElicAnalysis
 from .latent_codec import Compressed, LatentCodec
 from .vae import TiledVAE, VAEPlan
-
-
-def channels_last(dtype: torch.dtype, device: str) -> bool:
-    """Whether convolutions should run NHWC: always on CUDA, for bf16/fp16 on CPU."""
-    return device == "cuda" or dtype != torch.float32
 
 
 def _place(m: nn.Module, device: str, dtype: torch.dtype) -> None:

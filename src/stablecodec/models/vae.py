@@ -4,12 +4,13 @@ Wraps a diffusers ``AutoencoderKL`` (its encoder carries the merged LoRA) and ru
 layer by layer over horizontal bands of the image instead of calling its ``forward``:
 
 * every GroupNorm uses statistics accumulated over the whole image (sum and sum of
-  squares per group, in float64, over every band), never a band's own, so banding does
-  not change what the network computes;
+  squares per group, accumulated in float64 over every band), never a band's own, so
+  banding does not change what the network computes;
 * each band is read with the halo its convolutions need (two rows for a ResNet block) and
   only the exact rows are kept, so convolutions are exact as well; a ResNet block whose
   second normalisation needs statistics of an intermediate result makes two passes
-  (statistics, then output), recomputing its first convolution;
+  (statistics, then output), recomputing its first convolution unless one band covers
+  the image;
 * the mid-block self-attention is the one global operation: when the 1/8 latent is
   larger than ``attn_tile`` it attends within overlapping 2D tiles (each position takes
   its output from the tile whose core holds it) -- the only place where the result
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import run_in_own_dtype
+from .precision import channels_last, run_in_own_dtype
 
 
 @dataclasses.dataclass
@@ -48,17 +49,20 @@ class Level:
     """A (1, C, H, W) activation buffer, in RAM or in a temporary file, accessed by row bands.
 
     ``read`` gives rows r0:r1 of every channel (a view in RAM; a fresh tensor from the file),
-    ``write`` stores them. A spilled buffer lies in the file row by row, (H, C, W), so a band
-    is one contiguous ``pread``/``pwrite``: only the band being computed is ever resident.
+    ``write`` stores them. A spilled buffer lies in the file row by row, (H, C, W), or
+    (H, W, C) when ``channels_last``, so a band is one contiguous ``pread``/``pwrite``: only
+    the band being computed is ever resident. ``channels_last`` buffers hold the layout the
+    convolutions run in (bf16 on CPU), so bands go in and out without a transposing copy.
     Why not ``mmap``: the pages of a shared mapping that the process touched count in its
     resident memory, and per-band ``madvise(MADV_DONTNEED)`` did not keep them from adding
     ~3-5 GB at 2048x1365 and 3840x2160 (docs/memory.md); reads and writes through the page
     cache never count there.
     """
 
-    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, device, spill: bool):
+    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, device, spill: bool, channels_last: bool = False):
         self.shape = (1, c, h, w)
         self.dtype = dtype
+        self.channels_last = channels_last
         self._fd = None
         self.t = None
         if spill and torch.device(device).type == "cpu":
@@ -72,7 +76,8 @@ class Level:
                 raise
             self._fd = fd
         else:
-            self.t = torch.empty(self.shape, dtype=dtype, device=device)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            self.t = torch.empty(self.shape, dtype=dtype, device=device, memory_format=fmt)
 
     @property
     def height(self) -> int:
@@ -82,6 +87,10 @@ class Level:
         if self._fd is None:
             return self.t[:, :, r0:r1]
         _, c, _, w = self.shape
+        if self.channels_last:
+            buf = torch.empty((r1 - r0, w, c), dtype=self.dtype)
+            _transfer(os.preadv, self._fd, buf, r0 * self._row_bytes)
+            return buf.permute(2, 0, 1).unsqueeze(0)  # (1, C, rows, W), channels-last strides
         buf = torch.empty((r1 - r0, c, w), dtype=self.dtype)
         _transfer(os.preadv, self._fd, buf, r0 * self._row_bytes)
         return buf.permute(1, 0, 2).unsqueeze(0).contiguous()
@@ -90,7 +99,8 @@ class Level:
         if self._fd is None:
             self.t[:, :, r0 : r0 + x.shape[2]] = x
             return
-        buf = x[0].to(self.dtype).permute(1, 0, 2).contiguous()  # (rows, C, W)
+        order = (1, 2, 0) if self.channels_last else (1, 0, 2)  # (rows, W, C) or (rows, C, W)
+        buf = x[0].to(self.dtype).permute(*order).contiguous()
         _transfer(os.pwritev, self._fd, buf, r0 * self._row_bytes)
 
     def close(self) -> None:
@@ -148,11 +158,14 @@ class _StatsAccumulator:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
+        # Per-channel sums accumulated in float64, then per group: no float64 copy of the
+        # band, and no reshape that would transpose a channels-last one. Squares are taken
+        # in float32 (exact for bf16 inputs).
         g = self.gn.num_groups
-        v = x.detach().double().reshape(x.shape[0], g, -1)
-        self.s1 += v.sum((0, 2)).cpu()
-        self.s2 += (v * v).sum((0, 2)).cpu()
-        self.n += v.shape[0] * v.shape[2]
+        xf = x.detach().float()
+        self.s1 += xf.sum((0, 2, 3), dtype=torch.float64).view(g, -1).sum(1).cpu()
+        self.s2 += (xf * xf).sum((0, 2, 3), dtype=torch.float64).view(g, -1).sum(1).cpu()
+        self.n += x.shape[0] * (x.shape[1] // g) * x.shape[2] * x.shape[3]
 
     def affine(self, dtype, device) -> _Affine:
         mean = self.s1 / self.n
@@ -241,6 +254,7 @@ class _Runner:
 
     def __init__(self, plan: VAEPlan, dtype, device, progress):
         self.plan, self.dtype, self.device, self.progress = plan, dtype, device, progress
+        self.channels_last = channels_last(dtype, torch.device(device).type)
 
     def _rows(self, lvl_or_shape) -> int:
         _, c, h, w = lvl_or_shape.shape if hasattr(lvl_or_shape, "shape") else lvl_or_shape
@@ -249,7 +263,7 @@ class _Runner:
         return max(4, self.plan.band_elems // max(1, c * w))
 
     def _new(self, c: int, h: int, w: int) -> Level:
-        return Level(c, h, w, self.dtype, self.device, self.plan.spill)
+        return Level(c, h, w, self.dtype, self.device, self.plan.spill, self.channels_last)
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -280,16 +294,24 @@ class _Runner:
         rows = self._rows((1, max(cin, cout), h, w))
         n1 = self.stats(block.norm1, src)
         acc = _StatsAccumulator(block.norm2)
-        for r0, r1 in _bands(h, rows):  # pass A: statistics of conv1's output
+        bands = _bands(h, rows)
+        for r0, r1 in bands:  # pass A: statistics of conv1's output
             a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
             hid = block.conv1(n1(src.read(a0, a1)))
             acc.add(hid[:, :, r0 - a0 : r1 - a0])
         n2 = acc.affine(self.dtype, self.device)
+        # One band (the whole image; only the attention is windowed): pass A's conv1 output
+        # is pass B's, so it is kept rather than computed again.
+        whole_conv1 = hid if len(bands) == 1 else None
+        del hid
         saved = None  # in place: the rows above the band as they were before being overwritten
-        for r0, r1 in _bands(h, rows):  # pass B: the block's output
+        for r0, r1 in bands:  # pass B: the block's output
             a0, a1 = max(0, r0 - 2), min(h, r1 + 2)
             x = src.read(a0, a1) if saved is None else torch.cat([saved, src.read(r0, a1)], dim=2)
-            hid = block.conv2(n2(block.conv1(n1(x))))
+            h1 = whole_conv1 if whole_conv1 is not None else block.conv1(n1(x))
+            whole_conv1 = None
+            hid = block.conv2(n2(h1))
+            del h1
             res = x[:, :, r0 - a0 : r1 - a0]
             if block.conv_shortcut is not None:
                 res = block.conv_shortcut(res)
@@ -340,7 +362,8 @@ class _Runner:
             b = min(t + core_h, h)
             t0, b0 = max(0, t - ov), min(h, b + ov)
             xs = src.read(t0, b0)
-            ys = torch.empty((1, c, b - t, w), dtype=self.dtype, device=self.device)
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            ys = torch.empty((1, c, b - t, w), dtype=self.dtype, device=self.device, memory_format=fmt)
             for l in range(0, w, core_w):
                 r = min(l + core_w, w)
                 l0, r0 = max(0, l - ov), min(w, r + ov)
