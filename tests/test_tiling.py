@@ -203,7 +203,8 @@ def test_spilled_buffer_reads_back_what_was_written_in_other_bands(dtype, channe
     written in bands of 7 read back identical over ranges that straddle those bands."""
     from stablecodec.models.vae import Level
 
-    lvl = Level(3, 256, 1000, dtype, "cpu", spill=True, channels_last=channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    lvl = Level(3, 256, 1000, dtype, "cpu", spill=True, memory_format=fmt)
     assert lvl.t is None  # nothing of it is held in RAM
     data = torch.randn(1, 3, 256, 1000).to(dtype)
     if channels_last:
@@ -212,7 +213,6 @@ def test_spilled_buffer_reads_back_what_was_written_in_other_bands(dtype, channe
         lvl.write(r0, data[:, :, r0 : r0 + 7])
     for r0, r1 in [(0, 256), (10, 20), (6, 8), (250, 256)]:
         got = lvl.read(r0, r1)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
         assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)  # no transposing copy needed
         assert torch.equal(got, data[:, :, r0:r1])
     lvl.close()

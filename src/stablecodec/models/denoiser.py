@@ -97,7 +97,7 @@ class OneStepDenoiser(nn.Module):
         for i in range(0, len(boxes), batch):
             chunk = boxes[i : i + batch]
             x = torch.cat([l_t[:, :, b.top : b.bottom, b.left : b.right] for b in chunk])
-            out = self._x0(x).float()
+            out = self._x0(x)
             for j, b in enumerate(chunk):
                 agg.add(b, out[j : j + 1], gaussian_weight(b.height, b.width, device=l_t.device))
             if progress is not None:

@@ -50,19 +50,24 @@ class Level:
 
     ``read`` gives rows r0:r1 of every channel (a view in RAM; a fresh tensor from the file),
     ``write`` stores them. A spilled buffer lies in the file row by row, (H, C, W), or
-    (H, W, C) when ``channels_last``, so a band is one contiguous ``pread``/``pwrite``: only
-    the band being computed is ever resident. ``channels_last`` buffers hold the layout the
-    convolutions run in (bf16 on CPU), so bands go in and out without a transposing copy.
+    (H, W, C) when ``memory_format`` is channels-last, so a band is one contiguous
+    ``pread``/``pwrite``: only the band being computed is ever resident. Channels-last
+    buffers hold the layout the convolutions run in (bf16 on CPU), so bands go in and out
+    without a transposing copy.
     Why not ``mmap``: the pages of a shared mapping that the process touched count in its
     resident memory, and per-band ``madvise(MADV_DONTNEED)`` did not keep them from adding
     ~3-5 GB at 2048x1365 and 3840x2160 (docs/memory.md); reads and writes through the page
     cache never count there.
     """
 
-    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, device, spill: bool, channels_last: bool = False):
+    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, device, spill: bool,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.shape = (1, c, h, w)
         self.dtype = dtype
-        self.channels_last = channels_last
+        self.memory_format = memory_format
+        # A band's (C, rows, W) as it lies in the file: (rows, W, C) or (rows, C, W).
+        self._file_order = (1, 2, 0) if memory_format == torch.channels_last else (1, 0, 2)
+        self._from_file = tuple(self._file_order.index(i) for i in range(3))
         self._fd = None
         self.t = None
         if spill and torch.device(device).type == "cpu":
@@ -76,8 +81,7 @@ class Level:
                 raise
             self._fd = fd
         else:
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            self.t = torch.empty(self.shape, dtype=dtype, device=device, memory_format=fmt)
+            self.t = torch.empty(self.shape, dtype=dtype, device=device, memory_format=memory_format)
 
     @property
     def height(self) -> int:
@@ -87,20 +91,17 @@ class Level:
         if self._fd is None:
             return self.t[:, :, r0:r1]
         _, c, _, w = self.shape
-        if self.channels_last:
-            buf = torch.empty((r1 - r0, w, c), dtype=self.dtype)
-            _transfer(os.preadv, self._fd, buf, r0 * self._row_bytes)
-            return buf.permute(2, 0, 1).unsqueeze(0)  # (1, C, rows, W), channels-last strides
-        buf = torch.empty((r1 - r0, c, w), dtype=self.dtype)
+        band = (c, r1 - r0, w)
+        buf = torch.empty([band[i] for i in self._file_order], dtype=self.dtype)
         _transfer(os.preadv, self._fd, buf, r0 * self._row_bytes)
-        return buf.permute(1, 0, 2).unsqueeze(0).contiguous()
+        # Channels-last: the permuted view already has its strides, so no copy is made.
+        return buf.permute(*self._from_file).unsqueeze(0).contiguous(memory_format=self.memory_format)
 
     def write(self, r0: int, x: torch.Tensor) -> None:
         if self._fd is None:
             self.t[:, :, r0 : r0 + x.shape[2]] = x
             return
-        order = (1, 2, 0) if self.channels_last else (1, 0, 2)  # (rows, W, C) or (rows, C, W)
-        buf = x[0].to(self.dtype).permute(*order).contiguous()
+        buf = x[0].to(self.dtype).permute(*self._file_order).contiguous()
         _transfer(os.pwritev, self._fd, buf, r0 * self._row_bytes)
 
     def close(self) -> None:
@@ -254,7 +255,8 @@ class _Runner:
 
     def __init__(self, plan: VAEPlan, dtype, device, progress):
         self.plan, self.dtype, self.device, self.progress = plan, dtype, device, progress
-        self.channels_last = channels_last(dtype, torch.device(device).type)
+        cl = channels_last(dtype, torch.device(device).type)
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
 
     def _rows(self, lvl_or_shape) -> int:
         _, c, h, w = lvl_or_shape.shape if hasattr(lvl_or_shape, "shape") else lvl_or_shape
@@ -263,7 +265,7 @@ class _Runner:
         return max(4, self.plan.band_elems // max(1, c * w))
 
     def _new(self, c: int, h: int, w: int) -> Level:
-        return Level(c, h, w, self.dtype, self.device, self.plan.spill, self.channels_last)
+        return Level(c, h, w, self.dtype, self.device, self.plan.spill, self.memory_format)
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -362,8 +364,7 @@ class _Runner:
             b = min(t + core_h, h)
             t0, b0 = max(0, t - ov), min(h, b + ov)
             xs = src.read(t0, b0)
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            ys = torch.empty((1, c, b - t, w), dtype=self.dtype, device=self.device, memory_format=fmt)
+            ys = torch.empty((1, c, b - t, w), dtype=self.dtype, device=self.device, memory_format=self.memory_format)
             for l in range(0, w, core_w):
                 r = min(l + core_w, w)
                 l0, r0 = max(0, l - ov), min(w, r + ov)
