@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..tiling import LatentAggregator, gaussian_weight, plan_tiles_2d
+from .attention import AttnProcessor
 from .precision import run_in_own_dtype
 
 TIMESTEP = 999
@@ -46,6 +47,7 @@ class OneStepDenoiser(nn.Module):
     def __init__(self, unet: nn.Module, prompt_embedding: torch.Tensor, abar: float):
         super().__init__()
         self.unet = unet
+        unet.set_attn_processor(AttnProcessor())
         self.register_buffer("prompt_embedding", prompt_embedding.detach().clone(), persistent=False)
         self.abar = abar
         self.latent_channels = unet.config.out_channels

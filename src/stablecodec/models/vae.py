@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import AttnProcessor, sdpa
 from .precision import channels_last, run_in_own_dtype
 
 
@@ -178,6 +179,7 @@ class TiledVAE(nn.Module):
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
+        vae.set_attn_processor(AttnProcessor())
         for module in self.float32_modules():
             run_in_own_dtype(module, hand_back=False)
 
@@ -400,7 +402,7 @@ def _attend(attn, x: torch.Tensor) -> torch.Tensor:
     heads = attn.heads
     d = q.shape[-1] // heads
     q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    o = F.scaled_dot_product_attention(q, k, v)
+    o = sdpa(q, k, v)
     o = o.transpose(1, 2).reshape(b, -1, heads * d)
     o = attn.to_out[0](o)
     return o.transpose(1, 2).reshape(b, c, h, w)
