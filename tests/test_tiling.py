@@ -72,6 +72,34 @@ def tiny_vae():
     return TiledVAE(AutoencoderKL(**testing.tiny().vae).eval())
 
 
+def test_whole_image_vae_computes_what_diffusers_does():
+    """TiledVAE runs the ResNet blocks with in-place SiLUs and sums and the attention through
+    its own processor: in float32 the result is diffusers' own, bit for bit; in bf16 (where
+    the attention core's kernel differs, models/attention.py) as close to float32 as theirs."""
+    import copy
+
+    from diffusers import AutoencoderKL
+
+    from stablecodec import testing
+    from stablecodec.models.vae import TiledVAE
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
+    torch.manual_seed(0)
+    plain = AutoencoderKL(**testing.tiny().vae).eval()
+    ours, ours16 = TiledVAE(copy.deepcopy(plain)), TiledVAE(copy.deepcopy(plain).to(torch.bfloat16))
+    plain16 = copy.deepcopy(plain).to(torch.bfloat16)
+    assert all("forward" in vars(r) for r in ours.vae.decoder.mid_block.resnets)  # ours, not the class's
+    x, z = torch.rand(1, 3, 48, 72) * 2 - 1, torch.randn(1, 4, 6, 9)
+    with torch.no_grad():
+        ref_e, ref_d = plain.encode(x).latent_dist.mode(), plain.decode(z).sample
+        assert torch.equal(ours.vae.encode(x).latent_dist.mode(), ref_e)
+        assert torch.equal(ours.vae.decode(z).sample, ref_d)
+        theirs = rel(plain16.decode(z.bfloat16()).sample, ref_d)
+        assert 0 < rel(ours16.vae.decode(z.bfloat16()).sample, ref_d) < 1.2 * theirs
+
+
 def test_banded_vae_matches_untiled(tiny_vae):
     from stablecodec.models.vae import VAEPlan
 
