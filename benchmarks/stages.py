@@ -45,7 +45,13 @@ def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
 def flops(fn) -> dict[torch.dtype, int]:
     """FLOPs of ``fn`` by the dtype each op computes in (reduced-precision models keep some
     modules in float32; the entropy path is float64)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop
+
+    # torch counts its CUDA attention kernels but not the CPU one that F.scaled_dot_product_attention
+    # picks in float32; without this the float32 attention FLOPs (and floor) were left out.
+    cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if cpu_flash not in flop_registry:
+        register_flop_formula(cpu_flash, get_raw=True)(sdpa_flop)  # sdpa_flop is registered, so wrapped, already
 
     class ByDtype(FlopCounterMode):
         # FlopCounterMode totals over dtypes; its per-op hook is the one place that sees the
