@@ -174,7 +174,8 @@ def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str
             ref = x
         rel = None if ref is None else float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
         row = {"compare": "decode", "model": model, "size": f"{w}x{h}", "precision": prec, "seconds": round(sec, 2),
-               "all_s": times, "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads()}
+               "all_s": times, "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads(),
+               "last_stages_s": dict(getattr(codec.get_model().model, "last_timings", {}))}  # of the last decode
         print(json.dumps(row), flush=True)
         if out:
             with open(out, "a") as f:
