@@ -24,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import machine  # noqa: E402
 
 
 def ensure_release(cache: Path) -> Path:
@@ -74,7 +77,8 @@ def main() -> None:
         enc = child("encode", str(src), str(work / f"{size}.scdc"), *common)
         dec = child("decode", str(work / f"{size}.scdc"), str(work / f"out_{size}.png"), *common)
         row = {"size": size, "precision": a.precision, "encode": enc, "decode": dec,
-               "bpp": round(enc["bytes"] * 8 / (w * h), 5), "machine": os.uname().nodename, "cpus": os.cpu_count()}
+               "bpp": round(enc["bytes"] * 8 / (w * h), 5), "machine": os.uname().nodename, "cpus": os.cpu_count(),
+               "cpu": machine()}
         results.append(row)
         print(json.dumps(row), flush=True)
         if a.out:

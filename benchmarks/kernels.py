@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
+import stablecodec  # noqa: F401 -- before any tensor: it sets PyTorch's huge-page hint (its __init__)
 import torch
 import torch.nn.functional as F
 
 from stablecodec.models import attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
 
 ATTENTION = [  # (heads, tokens, head dim): UNet levels 0-2 at 768x512, the VAE's mid-block
     ("UNet full resolution", 5, 6144, 64), ("UNet 1/2", 10, 1536, 64), ("UNet 1/4", 20, 384, 64),
@@ -85,6 +91,7 @@ def main() -> None:
                          "ms": round(sec * 1e3, 1), "gflops": round(2 * 4096**3 / sec / 1e9)})
     for r in rows:
         r["threads"] = torch.get_num_threads()
+        r["machine"] = machine()
         print(json.dumps(r))
         if a.out:
             with open(a.out, "a") as f:

@@ -26,9 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+import stablecodec  # noqa: F401 -- before any tensor: it sets PyTorch's huge-page hint (its __init__)
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import machine  # noqa: E402
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
@@ -175,7 +179,8 @@ def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str
         rel = None if ref is None else float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
         row = {"compare": "decode", "model": model, "size": f"{w}x{h}", "precision": prec, "seconds": round(sec, 2),
                "all_s": times, "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads(),
-               "last_stages_s": dict(getattr(codec.get_model().model, "last_timings", {}))}  # of the last decode
+               "last_stages_s": dict(getattr(codec.get_model().model, "last_timings", {})),  # of the last decode
+               "machine": machine()}
         print(json.dumps(row), flush=True)
         if out:
             with open(out, "a") as f:
@@ -195,7 +200,6 @@ def main() -> None:
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
     if a.model == "full":
-        sys.path.insert(0, str(HERE))
         from full_size import ensure_release
 
         ensure_release(Path(a.cache))
@@ -221,7 +225,7 @@ def main() -> None:
                    "gflop": round(fl / 1e9, 1), "floor_s": round(floor, 3), "ratio": round(sec / floor, 2) if floor else None,
                    "gflop_by_dtype": {str(dt).removeprefix("torch."): round(n / 1e9, 1) for dt, n in by_dtype.items()},
                    "matmul_gflops": {str(dt).removeprefix("torch."): round(r / 1e9) for dt, r in rates.items()},
-                   "load_s": round(load_s, 1), "threads": torch.get_num_threads()}
+                   "load_s": round(load_s, 1), "threads": torch.get_num_threads(), "machine": machine()}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.out:
