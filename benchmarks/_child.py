@@ -29,11 +29,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     t0 = time.perf_counter()
+    import stablecodec  # first, as in the CLI: it sets PyTorch's huge-page hint before any tensor
     import torch
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    import stablecodec
 
     codec = stablecodec.Codec(a.model, weights_dir=a.weights_dir, device=a.device, precision=a.precision,
                               max_memory=a.max_memory, progress=False)
