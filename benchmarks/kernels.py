@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import stablecodec  # noqa: F401 -- before any tensor: it sets PyTorch's huge-page hint (its __init__)
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append JSON lines here")
     a = ap.parse_args()
+    # The full-size model's shapes, run as Codec runs that model (huge pages; before the first tensor).
+    from stablecodec.api import prefer_huge_pages
+
+    prefer_huge_pages()
     torch.manual_seed(0)
     rows = []
     with torch.no_grad():

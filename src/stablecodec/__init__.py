@@ -11,16 +11,7 @@ and ``stablecodec --help`` stay fast.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
-
-# Transparent huge pages for PyTorch's CPU tensors of 2 MB and more (c10 reads this once,
-# at its first allocation, so it is set before any). Every large activation is fresh
-# memory that the kernel faults in; in 4 KB pages that was a third of a decode's CPU time
-# (768x512, full-size model: the bf16 VAE decoder 5.0 -> 4.45 s, peak memory unchanged;
-# docs/performance.md). glibc still returns freed blocks to the system, so peak memory
-# does not grow. THP_MEM_ALLOC_ENABLE=0 in the environment opts out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .errors import ConfigError, DesyncError, FormatError, ImageError, LimitError, StableCodecError, WeightsError
 
