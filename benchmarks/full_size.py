@@ -1,7 +1,7 @@
 """Full-size StableCodec architecture with random weights: wall time and peak memory.
 
     python benchmarks/full_size.py --sizes 768x512 [2048x1365 3840x2160] --precision fp32 \
-        [--cache ~/.cache/stablecodec-bench] [--out docs/results/full_size.json]
+        [--cache ~/.cache/stablecodec-bench] [--out docs/results/full_size.json] [--device cuda]
 
 Writes the released layouts once (SD-Turbo folder, stablecodec_ft8.pkl, elic_official.pth
 with random weights, about 5 GB) into --cache, then runs each encode and each decode in
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["768x512"])
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--max-memory", default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: untested, no GPU on the project's machine)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/stablecodec-bench/full"))
     ap.add_argument("--out", default=None, help="append results as JSON lines here")
     a = ap.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     for size in a.sizes:
         w, h = (int(v) for v in size.split("x"))
         src = test_image(work / f"in_{size}.png", w, h)
-        common = ["--model", "ft8", "--weights-dir", str(cache), "--precision", a.precision]
+        common = ["--model", "ft8", "--weights-dir", str(cache), "--precision", a.precision, "--device", a.device]
         if a.max_memory:
             common += ["--max-memory", a.max_memory]
         enc = child("encode", str(src), str(work / f"{size}.scdc"), *common)

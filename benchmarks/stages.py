@@ -2,6 +2,8 @@
 
     python benchmarks/stages.py --model full --size 768x512 --precision bf16 fp32 [--cache DIR]
     python benchmarks/stages.py --model lite --size 768x512 --precision fp32
+    python benchmarks/stages.py ... --compare      # whole decodes, fp32 first, side by side
+    python benchmarks/stages.py ... --device cuda  # default: cuda where present, else cpu
 
 For each precision: the model is loaded once (load time reported), then each stage runs
 --repeat times on a smooth synthetic image (content does not change compute) and the
@@ -10,9 +12,14 @@ context model and the range coder), entropy decoding, g_s, the auxiliary decoder
 UNet, the VAE decoder (for ``lite``: its analysis, g_a, entropy coding, g_s, synthesis).
 FLOPs come from ``torch.utils.flop_counter`` (2 per multiply-add, convolutions and
 matmuls only), split by the dtype each op computes in; the floor is the sum over dtypes
-of FLOPs divided by the machine's dense matmul rate in that dtype, measured here on a
-4096^3 GEMM (reduced-precision models keep a few modules in float32; the entropy path is
-float64). Prints JSON lines and a Markdown table.
+of FLOPs divided by the machine's dense rate in that dtype, measured in the same run: the
+better of a 4096^3 GEMM and a 3x3 convolution at the VAE decoder's shape (until
+2026-12-01 the GEMM alone; on the project's AMD CPU oneDNN's fp32 convolutions outrun
+MKL's fp32 GEMM by ~1.5x). Reduced-precision models keep a few modules in float32; the
+entropy path is float64, on the CPU whatever the device. On CUDA the stages are timed between
+synchronisations and each row also gives ``torch.cuda.max_memory_allocated`` over its
+timed runs (*untested*: the project's machine has no GPU). Every row names its machine.
+Prints JSON lines and a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import stablecodec  # noqa: F401 -- before any tensor: it sets PyTorch's huge-page hint (its __init__)
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -35,20 +41,54 @@ sys.path.insert(0, str(HERE))
 from _machine import machine  # noqa: E402
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device: str) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(dtype: torch.dtype, device: str = "cpu", n: int = 4096, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     ts = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         ts.append(time.perf_counter() - t)
     return 2 * n**3 / min(ts)
 
 
-def flops(fn) -> dict[torch.dtype, int]:
-    """FLOPs of ``fn`` by the dtype each op computes in (reduced-precision models keep some
-    modules in float32; the entropy path is float64)."""
+def conv_rate(dtype: torch.dtype, device: str = "cpu", reps: int = 3) -> float:
+    """A 3x3 convolution at the VAE decoder's 1/4 level (512 -> 512 at 128x192), the better of
+    both memory formats: oneDNN's convolutions can outrun the BLAS GEMM (fp32 on this
+    project's AMD CPU: ~330 against ~210 GFLOP/s), and a floor must be reachable by neither."""
+    best = 0.0
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).to(device=device, dtype=dtype, memory_format=fmt)
+            x = torch.randn(1, 512, 128, 192, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            conv(x)
+            for _ in range(reps):
+                sync(device)
+                t = time.perf_counter()
+                conv(x)
+                sync(device)
+                best = max(best, 2 * 512 * 512 * 9 * 128 * 192 / (time.perf_counter() - t))
+    return best
+
+
+def rate_key(device: str, dtype: torch.dtype | None) -> str:
+    """'bfloat16' for a CPU dtype, 'cuda/bfloat16' on a GPU (the entropy path stays on the CPU)."""
+    name = str(dtype).removeprefix("torch.")
+    return name if device == "cpu" else f"{device}/{name}"
+
+
+def flops(fn) -> dict[str, int]:
+    """FLOPs of ``fn`` by the device and dtype each op computes in (:func:`rate_key`;
+    reduced-precision models keep some modules in float32; the entropy path is float64, on
+    the CPU)."""
     from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop
 
     # torch counts its CUDA attention kernels but not the CPU one that F.scaled_dot_product_attention
@@ -66,8 +106,9 @@ def flops(fn) -> dict[torch.dtype, int]:
 
         def _count_flops(self, func_packet, out, args, kwargs):
             if func_packet in self.flop_registry:
-                dt = next((a.dtype for a in args if isinstance(a, torch.Tensor)), None)
-                self.by_dtype[dt] += int(self.flop_registry[func_packet](*args, **kwargs, out_val=out))
+                t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                key = rate_key(t.device.type, t.dtype) if t is not None else "unknown"
+                self.by_dtype[key] += int(self.flop_registry[func_packet](*args, **kwargs, out_val=out))
             return super()._count_flops(func_packet, out, args, kwargs)
 
     with ByDtype() as fc:
@@ -76,22 +117,25 @@ def flops(fn) -> dict[torch.dtype, int]:
     return dict(fc.by_dtype)
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn, repeat: int, device: str = "cpu") -> float:
     ts = []
     for _ in range(repeat):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
 
-def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_memory: str | None = None):
+def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_memory: str | None = None,
+                device: str = "cpu"):
     """The stages as ``StableCodecModel.compress``/``reconstruct`` run them, with the tile
     plan the library picks for this (padded) size and memory budget."""
     import stablecodec
 
     t0 = time.perf_counter()
-    codec = stablecodec.Codec("ft8", weights_dir=cache, device="cpu", precision=precision, max_memory=max_memory)
+    codec = stablecodec.Codec("ft8", weights_dir=cache, device=device, precision=precision, max_memory=max_memory)
     loaded = codec.get_model()
     m = loaded.model
     m.denoiser  # noqa: B018 -- load the UNet now, counted as model load
@@ -101,7 +145,7 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
     codec._plan(loaded, h, w)  # the library's own planner; sets m.plan
     print(f"plan at {w}x{h}: {m.last_plan}", file=sys.stderr)
     dt = m.dtype
-    x = m._layout(torch.rand(1, 3, h, w, dtype=dt))
+    x = m._layout(torch.rand(1, 3, h, w, dtype=dt, device=m.device))
     c = m.codec
     enc_plan, dec_plan, window = m.vae_plan(False), m.vae_plan(True), m.plan.encoder_window
     st = {}
@@ -110,7 +154,7 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
         l_aux = m.elic(x, tile=window)
         y = c.g_a(l_sd, l_aux)
         comp = c.compress_y(y.float().cpu())
-        y_hat = m._layout(comp.y_hat.to(dt))
+        y_hat = m._layout(comp.y_hat.to(m.device, dt))
         l_t = m.synthesis(c.g_s, y_hat)
         l0 = m.vae_input(m.denoise(l_t), m.synthesis(c.aux, y_hat))
         st["VAE encoder"] = (lambda: m.vae.encode(x * 2 - 1, enc_plan))
@@ -125,25 +169,25 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
         return load_s, st
 
 
-def lite_stages(precision: str, h: int, w: int, repeat: int):
+def lite_stages(precision: str, h: int, w: int, repeat: int, device: str = "cpu"):
     import stablecodec
 
     t0 = time.perf_counter()
-    codec = stablecodec.Codec("lite-3", device="cpu", precision=precision)
+    codec = stablecodec.Codec("lite-3", device=device, precision=precision)
     m = codec.get_model().model
     load_s = time.perf_counter() - t0
-    x = torch.rand(1, 3, h, w, dtype=m.dtype)
+    x = torch.rand(1, 3, h, w, dtype=m.dtype, device=device)
     net, c = m.net, m.net.codec
     st = {}
     with torch.no_grad():
         f = net.analysis(x)
-        y = c.g_a(f).float() * c.gain_y[m.rate].detach()[None, :, None, None]
-        comp = c.compress_y(y)
-        y_hat = c.dequantize(comp.y_hat, m.rate).to(m.dtype)
+        y = (c.g_a(f).float() * c.gain_y[m.rate].detach()[None, :, None, None]).cpu()  # the entropy path's side
+        comp = c.compress_y(y, m.rate)
+        y_hat = c.dequantize(comp.y_hat, m.rate).to(device, m.dtype)
         g = c.g_s(y_hat)
         st["analysis"] = (lambda: net.analysis(x))
         st["g_a + h_a"] = (lambda: c.h_a(c.g_a(f)))
-        st["entropy encoding"] = (lambda: c.compress_y(y))
+        st["entropy encoding"] = (lambda: c.compress_y(y, m.rate))
         st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape, m.rate))
         st["g_s"] = (lambda: c.g_s(y_hat))
         st["synthesis"] = (lambda: net.synthesis(g))
@@ -151,7 +195,7 @@ def lite_stages(precision: str, h: int, w: int, repeat: int):
 
 
 def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str], out: str | None,
-                   repeat: int) -> None:
+                   repeat: int, device: str = "cpu") -> None:
     """Decode one file at each precision side by side: median wall time of ``repeat`` decodes
     after a warm-up one, and the relative L2 of the image to float32's."""
     import numpy as np
@@ -163,15 +207,17 @@ def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str
     img = np.stack([0.5 + 0.4 * np.sin(xx / 97 + c) * np.cos(yy / 71 - c) for c in range(3)], -1)
     img = np.clip(img + 0.02 * rng.standard_normal(img.shape).astype(np.float32), 0, 1)
     kw = dict(weights_dir=cache) if model != "lite-3" else {}
-    data = stablecodec.Codec(model, device="cpu", precision="fp32", **kw).encode(img)
+    data = stablecodec.Codec(model, device=device, precision="fp32", **kw).encode(img)
     ref = None
     for prec in precisions:
-        codec = stablecodec.Codec(model, device="cpu", precision=prec, **kw)
+        codec = stablecodec.Codec(model, device=device, precision=prec, **kw)
         codec.decode_array(data)  # loads the model and warms up
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeat):
             t = time.perf_counter()
-            x = codec.decode_array(data)
+            x = codec.decode_array(data)  # returns a CPU array: the device's work is done
             times.append(round(time.perf_counter() - t, 2))
         sec = statistics.median(times)
         if prec == "fp32":
@@ -180,11 +226,19 @@ def compare_decode(cache: Path, model: str, h: int, w: int, precisions: list[str
         row = {"compare": "decode", "model": model, "size": f"{w}x{h}", "precision": prec, "seconds": round(sec, 2),
                "all_s": times, "rel_l2_vs_fp32": rel, "threads": torch.get_num_threads(),
                "last_stages_s": dict(getattr(codec.get_model().model, "last_timings", {})),  # of the last decode
-               "machine": machine()}
+               "machine": machine(), **device_info(device)}
         print(json.dumps(row), flush=True)
         if out:
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def device_info(device: str) -> dict:
+    """On CUDA: the GPU's name and the peak memory PyTorch allocated since the last reset."""
+    if device != "cuda":
+        return {"device": device}
+    return {"device": device, "gpu": torch.cuda.get_device_name(),
+            "cuda_max_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
 
 
 def main() -> None:
@@ -197,7 +251,15 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     ap.add_argument("--max-memory", default=None, help="the budget the tile plan is chosen for (the library's default if unset)")
     ap.add_argument("--compare", action="store_true", help="whole decodes side by side (fp32 first) instead of stages")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda where present")
     a = ap.parse_args()
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if a.model == "full":
+        # What Codec does before it loads a StableCodec model, done here before the GEMM
+        # rates are measured: PyTorch reads the setting at its first large allocation.
+        from stablecodec.api import prefer_huge_pages
+
+        prefer_huge_pages()
     w, h = (int(v) for v in a.size.split("x"))
     if a.model == "full":
         from full_size import ensure_release
@@ -205,35 +267,54 @@ def main() -> None:
         ensure_release(Path(a.cache))
     if a.compare:
         precs = ["fp32"] + [p for p in a.precision if p != "fp32"]
-        compare_decode(Path(a.cache), "ft8" if a.model == "full" else "lite-3", h, w, precs, a.out, a.repeat)
+        compare_decode(Path(a.cache), "ft8" if a.model == "full" else "lite-3", h, w, precs, a.out, a.repeat, device)
         return
     rows = []
-    rates: dict[torch.dtype, float] = {}
+    gemm: dict[str, float] = {}
+    conv: dict[str, float] = {}
+    rates: dict[str, float] = {}  # the floor's: the better of the two
     for prec in a.precision:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
-        for dt in (dtype, torch.float32, torch.float64):
-            if dt not in rates:
-                rates[dt] = matmul_rate(dt)
-        load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat, a.max_memory) if a.model == "full" else lite_stages(prec, h, w, a.repeat)
+        for dev, dt in {(device, dtype), (device, torch.float32), ("cpu", torch.float64)}:
+            k = rate_key(dev, dt)
+            if k not in rates:
+                gemm[k] = matmul_rate(dt, dev)
+                if dt != torch.float64:  # no float64 oneDNN convolutions; the entropy path is GEMMs
+                    conv[k] = conv_rate(dt, dev)
+                rates[k] = max(gemm[k], conv.get(k, 0.0))
+        if a.model == "full":
+            load_s, stages = full_stages(Path(a.cache), prec, h, w, a.repeat, a.max_memory, device)
+        else:
+            load_s, stages = lite_stages(prec, h, w, a.repeat, device)
         for name, fn in stages.items():
             with torch.no_grad():
                 by_dtype = flops(fn)
-                sec = timed(fn, a.repeat)
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                sec = timed(fn, a.repeat, device)
             fl = sum(by_dtype.values())
-            floor = sum(n / rates.get(dt, rates[torch.float32]) for dt, n in by_dtype.items())
+            fallback = rates[rate_key(device, torch.float32)]
+            floor = sum(n / rates.get(k, fallback) for k, n in by_dtype.items())
+            gemm_floor = sum(n / gemm.get(k, gemm[rate_key(device, torch.float32)]) for k, n in by_dtype.items())
             row = {"model": a.model, "size": a.size, "precision": prec, "stage": name, "seconds": round(sec, 3),
                    "gflop": round(fl / 1e9, 1), "floor_s": round(floor, 3), "ratio": round(sec / floor, 2) if floor else None,
-                   "gflop_by_dtype": {str(dt).removeprefix("torch."): round(n / 1e9, 1) for dt, n in by_dtype.items()},
-                   "matmul_gflops": {str(dt).removeprefix("torch."): round(r / 1e9) for dt, r in rates.items()},
-                   "load_s": round(load_s, 1), "threads": torch.get_num_threads(), "machine": machine()}
+                   # the floor at the GEMM rates alone (the issue's definition; this file's until 2026-12-01)
+                   "gemm_floor_s": round(gemm_floor, 3), "gemm_ratio": round(sec / gemm_floor, 2) if gemm_floor else None,
+                   "gflop_by_dtype": {k: round(n / 1e9, 1) for k, n in by_dtype.items()},
+                   "matmul_gflops": {k: round(r / 1e9) for k, r in gemm.items()},
+                   "conv_gflops": {k: round(r / 1e9) for k, r in conv.items()},
+                   "floor_gflops": {k: round(r / 1e9) for k, r in rates.items()},
+                   "load_s": round(load_s, 1), "threads": torch.get_num_threads(), "machine": machine(),
+                   **device_info(device)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.out:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    print("\n| precision | stage | s | GFLOP | floor s | x floor |\n|---|---|---|---|---|---|")
+    print("\n| precision | stage | s | GFLOP | floor s | x floor | x GEMM floor |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['precision']} | {r['stage']} | {r['seconds']} | {r['gflop']} | {r['floor_s']} | {r['ratio']} |")
+        print(f"| {r['precision']} | {r['stage']} | {r['seconds']} | {r['gflop']} | {r['floor_s']} | {r['ratio']} "
+              f"| {r['gemm_ratio']} |")
 
 
 if __name__ == "__main__":
