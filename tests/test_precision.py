@@ -111,3 +111,51 @@ def test_banded_vae_decoder_output_is_float32_and_matches_whole(bf16_model):
     # Both bf16 inside, with GroupNorm statistics gathered differently (float64 over bands
     # vs bf16 whole), which the tiny random decoder amplifies: the same picture, not equal.
     assert float((banded - whole).norm() / whole.norm()) < 0.1
+
+
+def _transformer_outputs(unet, l_t, prompt):
+    """Each Transformer2DModel's output and what diffusers' own output method gives for it."""
+    seen = []
+
+    def hook(mod, args, kwargs, out):
+        seen.append((mod, out[0] if isinstance(out, tuple) else out.sample))
+
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    blocks = [b for b in unet.modules() if isinstance(b, Transformer2DModel)]
+    handles = [b.register_forward_hook(hook, with_kwargs=True) for b in blocks]
+    try:
+        with torch.no_grad():
+            unet(l_t, torch.tensor([999]), encoder_hidden_states=prompt)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen and len(seen) == len(blocks)
+    return seen
+
+
+def test_bf16_unet_transformer_outputs_stay_channels_last_with_diffusers_values(bf16_model):
+    _, m = bf16_model
+    den = m.denoiser
+    torch.manual_seed(0)
+    l_t = m._layout(torch.randn(1, den.unet.config.in_channels, 16, 16).to(torch.bfloat16))
+    for block, out in _transformer_outputs(den.unet, l_t, den.prompt_embedding.to(torch.bfloat16)):
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    # The values are diffusers': its own method on the same inputs (a float32 block, NCHW result).
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    block = den.unet.down_blocks[0].attentions[0]
+    hid = torch.randn(1, 16 * 16, block.config.num_attention_heads * block.config.attention_head_dim)
+    res = torch.randn(1, hid.shape[-1], 16, 16).contiguous(memory_format=torch.channels_last)
+    ours = block._get_output_for_continuous_inputs(hid, res, 1, 16, 16, hid.shape[-1])
+    theirs = Transformer2DModel._get_output_for_continuous_inputs(block, hid, res, 1, 16, 16, hid.shape[-1])
+    assert ours.is_contiguous(memory_format=torch.channels_last) and theirs.is_contiguous()
+    assert torch.equal(ours, theirs)
+
+
+def test_float32_unet_transformer_outputs_are_diffusers_nchw(tiny_codec):
+    den = tiny_codec.get_model().model.denoiser
+    torch.manual_seed(0)
+    l_t = torch.randn(1, den.unet.config.in_channels, 16, 16)
+    for block, out in _transformer_outputs(den.unet, l_t, den.prompt_embedding):
+        assert out.is_contiguous()
