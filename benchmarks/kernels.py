@@ -57,10 +57,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append JSON lines here")
     a = ap.parse_args()
-    # The full-size model's shapes, run as Codec runs that model (huge pages; before the first tensor).
-    from stablecodec.api import prefer_huge_pages
-
-    prefer_huge_pages()
     torch.manual_seed(0)
     rows = []
     with torch.no_grad():

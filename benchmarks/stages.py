@@ -254,12 +254,6 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda where present")
     a = ap.parse_args()
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if a.model == "full":
-        # What Codec does before it loads a StableCodec model, done here before the GEMM
-        # rates are measured: PyTorch reads the setting at its first large allocation.
-        from stablecodec.api import prefer_huge_pages
-
-        prefer_huge_pages()
     w, h = (int(v) for v in a.size.split("x"))
     if a.model == "full":
         from full_size import ensure_release

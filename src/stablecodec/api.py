@@ -70,22 +70,6 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def prefer_huge_pages() -> bool:
-    """Ask PyTorch to put CPU tensors of 2 MB and more in transparent huge pages, unless the
-    environment already says (``THP_MEM_ALLOC_ENABLE``); True if it is now asked.
-
-    For StableCodec models: their activations (100-400 MB at 768x512) are fresh memory from
-    the kernel at every stage, and faulting it in 4 KB pages was a quarter of a full-size
-    fp32 decode (768x512, side by side: fp32 22.8 -> 17.4 s, bf16 8.7 -> 8.4 s, the same
-    image; peak memory unchanged, since freed blocks still go back to the system;
-    docs/performance.md). The default model's tensors are small, and there the huge pages'
-    first touch cost its first encode 0.3 s, so it is not asked for there. PyTorch reads
-    the variable once, at its first CPU allocation of 2 MB or more: called later, this
-    changes nothing (harmless).
-    """
-    return os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1") == "1"
-
-
 def resolve_device(device: str) -> str:
     import torch
 
@@ -244,8 +228,6 @@ class Codec:
         """The loaded model called ``name`` (default: this codec's encoding model)."""
         key = name or self.model_name or ("custom" if self._explicit_given() else registry.default_name())
         if key not in self._models:
-            if not key.startswith("lite"):  # before the model's first tensor (why: prefer_huge_pages)
-                prefer_huge_pages()
             self._check_budget_before_loading(key)
             if self._explicit_given():
                 loaded = load(self.model_name, **self._explicit)
