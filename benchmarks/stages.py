@@ -15,7 +15,7 @@ matmuls only), split by the dtype each op computes in; the floor is the sum over
 of FLOPs divided by the machine's dense rate in that dtype, measured in the same run: the
 better of a 4096^3 GEMM and a 3x3 convolution at the VAE decoder's shape (until
 2026-12-01 the GEMM alone; on the project's AMD CPU oneDNN's fp32 convolutions outrun
-MKL's fp32 GEMM by ~1.5x). Reduced-precision models keep a few modules in float32; the
+MKL's fp32 GEMM by ~2x). Reduced-precision models keep a few modules in float32; the
 entropy path is float64, on the CPU whatever the device. On CUDA the stages are timed between
 synchronisations and each row also gives ``torch.cuda.max_memory_allocated`` over its
 timed runs (*untested*: the project's machine has no GPU). Every row names its machine.
@@ -63,7 +63,7 @@ def matmul_rate(dtype: torch.dtype, device: str = "cpu", n: int = 4096, reps: in
 def conv_rate(dtype: torch.dtype, device: str = "cpu", reps: int = 3) -> float:
     """A 3x3 convolution at the VAE decoder's 1/4 level (512 -> 512 at 128x192), the better of
     both memory formats: oneDNN's convolutions can outrun the BLAS GEMM (fp32 on this
-    project's AMD CPU: ~330 against ~210 GFLOP/s), and a floor must be reachable by neither."""
+    project's family-26 AMD CPU: ~430-540 against ~205 GFLOP/s), and a floor must be reachable by neither."""
     best = 0.0
     with torch.no_grad():
         for fmt in (torch.contiguous_format, torch.channels_last):
@@ -176,6 +176,8 @@ def lite_stages(precision: str, h: int, w: int, repeat: int, device: str = "cpu"
     codec = stablecodec.Codec("lite-3", device=device, precision=precision)
     m = codec.get_model().model
     load_s = time.perf_counter() - t0
+    s = m.stride
+    h, w = -(-h // s) * s, -(-w // s) * s  # the padded size the codec works on
     x = torch.rand(1, 3, h, w, dtype=m.dtype, device=device)
     net, c = m.net, m.net.codec
     st = {}
