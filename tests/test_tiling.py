@@ -244,3 +244,22 @@ def test_spilled_buffer_reads_back_what_was_written_in_other_bands(dtype, channe
         assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)  # no transposing copy needed
         assert torch.equal(got, data[:, :, r0:r1])
     lvl.close()
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_norm_statistics_in_chunks_match_float64(monkeypatch, fmt, dtype):
+    from stablecodec.models import vae
+
+    monkeypatch.setattr(vae, "_STATS_CHUNK", 8 * 7 * 5)  # 5 rows a chunk: 4 chunks, the last ragged
+    gn = torch.nn.GroupNorm(4, 8)
+    torch.manual_seed(0)
+    x = (torch.randn(1, 8, 17, 7) * 3 + 1).to(dtype).contiguous(memory_format=fmt)
+    acc = vae._StatsAccumulator(gn)
+    acc.add(x[:, :, :9])
+    acc.add(x[:, :, 9:])  # two bands
+    xd = x.double().contiguous().view(4, -1)  # groups of 2 channels, in NCHW order
+    torch.testing.assert_close(acc.s1, xd.sum(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(acc.s2, (xd * xd).sum(1), rtol=1e-6, atol=1e-6)
+    assert acc.n == 2 * 17 * 7
+    assert torch.equal(x, x.clone())  # the input is left as it was (squares go in a buffer)

@@ -4,8 +4,9 @@ Wraps a diffusers ``AutoencoderKL`` (its encoder carries the merged LoRA) and ru
 layer by layer over horizontal bands of the image instead of calling its ``forward``:
 
 * every GroupNorm uses statistics accumulated over the whole image (sum and sum of
-  squares per group, accumulated in float64 over every band), never a band's own, so
-  banding does not change what the network computes;
+  squares per group: float32 within chunks of at most 4 M elements, float64 across
+  chunks and bands), never a band's own, so banding does not change what the network
+  computes;
 * each band is read with the halo its convolutions need (two rows for a ResNet block) and
   only the exact rows are kept, so convolutions are exact as well; a ResNet block whose
   second normalisation needs statistics of an intermediate result makes two passes
@@ -150,7 +151,10 @@ class _Affine:
 
     def __call__(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
         y = torch.addcmul(self.shift, x, self.scale)
-        return F.silu(y) if act else y
+        return F.silu(y, inplace=True) if act else y  # y is this call's own: no second full-size tensor
+
+
+_STATS_CHUNK = 1 << 22  # elements of one chunk of a band whose statistics are taken
 
 
 class _StatsAccumulator:
@@ -161,14 +165,32 @@ class _StatsAccumulator:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
-        # Per-channel sums accumulated in float64, then per group: no float64 copy of the
-        # band, and no reshape that would transpose a channels-last one. Squares are taken
-        # in float32 (exact for bf16 inputs).
+        # Per-channel sums, then per group. The band goes in chunks of rows, each viewed
+        # (without a copy) as a matrix whose reduced dimension runs along memory, copied
+        # into one reused float32 buffer and squared there (exact for bf16 inputs); each
+        # chunk is summed in float32 (PyTorch's cascade summation over at most 4 M
+        # elements, as diffusers' own GroupNorm sums a whole image) and the chunks in
+        # float64. Taken whole, the band's float32 copy, its square and the float64
+        # reductions' copies were fresh band-sized tensors per statistic, and they made the
+        # banded runner ~2x diffusers' forward at 1024x1024 (measured, docs/performance.md).
         g = self.gn.num_groups
-        xf = x.detach().float()
-        self.s1 += xf.sum((0, 2, 3), dtype=torch.float64).view(g, -1).sum(1).cpu()
-        self.s2 += (xf * xf).sum((0, 2, 3), dtype=torch.float64).view(g, -1).sum(1).cpu()
-        self.n += x.shape[0] * (x.shape[1] // g) * x.shape[2] * x.shape[3]
+        n, c, h, w = x.shape
+        x = x.detach()
+        cl = n == 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        rows = max(1, _STATS_CHUNK // max(1, n * c * w))
+        buf = torch.empty(min(h, rows) * n * c * w, dtype=torch.float32, device=x.device)
+        s1 = torch.zeros(c, dtype=torch.float64, device=x.device)
+        s2 = torch.zeros(c, dtype=torch.float64, device=x.device)
+        for r in range(0, h, rows):
+            xc = x[:, :, r : r + rows]
+            m, dim = (xc.permute(0, 2, 3, 1).reshape(-1, c), 0) if cl else (xc.transpose(0, 1).reshape(c, -1), 1)
+            f = buf[: m.numel()].view(m.shape)
+            f.copy_(m)
+            s1 += f.sum(dim).double()
+            s2 += f.mul_(f).sum(dim).double()
+        self.s1 += s1.view(g, -1).sum(1).cpu()
+        self.s2 += s2.view(g, -1).sum(1).cpu()
+        self.n += n * (c // g) * h * w
 
     def affine(self, dtype, device) -> _Affine:
         mean = self.s1 / self.n
@@ -325,7 +347,10 @@ class _Runner:
             res = x[:, :, r0 - a0 : r1 - a0]
             if block.conv_shortcut is not None:
                 res = block.conv_shortcut(res)
-            out = (res + hid[:, :, r0 - a0 : r1 - a0]) / block.output_scale_factor
+            out = hid[:, :, r0 - a0 : r1 - a0]
+            out += res  # hid is this band's own: the sum in place, no third band-sized tensor
+            if block.output_scale_factor != 1:
+                out /= block.output_scale_factor
             if in_place:
                 saved = x[:, :, max(r0, r1 - 2) - a0 : r1 - a0].clone()
             dst.write(r0, out)
