@@ -49,8 +49,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
         r = min(rows, n - i)
         # The last, shorter block uses a contiguous prefix of the buffers (a [:, :r] slice
         # would be strided, and the GEMM would compute into a copy).
-        s, p = (scores, probs) if r == rows else (scores.view(-1)[: b * h * r * kt.shape[-1]].view(b * h, r, -1),
-                                                  probs.view(-1)[: b * h * r * kt.shape[-1]].view(b * h, r, -1))
+        s, p = (scores, probs) if r == rows else (t.view(-1)[: b * h * r * kt.shape[-1]].view(b * h, r, -1)
+                                                  for t in (scores, probs))
         # The scale inside the GEMM (alpha) rather than on q: one rounding fewer.
         torch.baddbmm(s, q[:, i : i + r], kt, beta=0.0, alpha=scale, out=s)
         torch.softmax(s, -1, out=p)

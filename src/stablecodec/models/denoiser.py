@@ -25,7 +25,7 @@ from torch import nn
 
 from ..tiling import LatentAggregator, gaussian_weight, plan_tiles_2d
 from .attention import AttnProcessor
-from .precision import run_in_own_dtype
+from .precision import is_channels_last, run_in_own_dtype
 
 TIMESTEP = 999
 
@@ -130,8 +130,7 @@ def _transformer_output(block, hidden_states: torch.Tensor, residual: torch.Tens
     bf16 UNet, measured). The values are the same; for an NCHW network (float32 on CPU)
     this is diffusers' computation exactly.
     """
-    fmt = torch.channels_last if residual.dim() == 4 and not residual.is_contiguous() and \
-        residual.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(residual) else torch.contiguous_format
     if not block.use_linear_projection:
         hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
         hidden_states = block.proj_out(hidden_states.contiguous(memory_format=fmt))

@@ -26,6 +26,11 @@ def channels_last(dtype: torch.dtype, device: str) -> bool:
     return device == "cuda" or dtype != torch.float32
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a tensor lies NHWC in memory (and not also NCHW, as 1-channel or 1x1 ones do)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def cast(obj, dtype: torch.dtype):
     """Floating tensors in (nested tuples, lists, dicts of) ``obj`` to ``dtype``."""
     if isinstance(obj, torch.Tensor):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttnProcessor, sdpa
-from .precision import channels_last, run_in_own_dtype
+from .precision import channels_last, is_channels_last, run_in_own_dtype
 
 
 @dataclasses.dataclass
@@ -176,7 +176,7 @@ class _StatsAccumulator:
         g = self.gn.num_groups
         n, c, h, w = x.shape
         x = x.detach()
-        cl = n == 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        cl = n == 1 and is_channels_last(x)  # one image: its (pixels, channels) view needs no copy
         rows = max(1, _STATS_CHUNK // max(1, n * c * w))
         buf = torch.empty(min(h, rows) * n * c * w, dtype=torch.float32, device=x.device)
         s1 = torch.zeros(c, dtype=torch.float64, device=x.device)
