@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from stablecodec.models import attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from stages import best_seconds  # noqa: E402
 
 ATTENTION = [  # (heads, tokens, head dim): UNet levels 0-2 at 768x512, the VAE's mid-block
     ("UNet full resolution", 5, 6144, 64), ("UNet 1/2", 10, 1536, 64), ("UNet 1/4", 20, 384, 64),
@@ -37,16 +37,6 @@ CONV = [  # (in, out, h, w)
     ("VAE decoder 1/1", 128, 128, 512, 768), ("VAE decoder 1/2", 256, 256, 256, 384),
     ("VAE decoder 1/4", 512, 512, 128, 192), ("UNet 1/1", 320, 320, 64, 96), ("UNet 1/2", 640, 640, 32, 48),
     ("UNet 1/4", 1280, 1280, 16, 24)]
-
-
-def best(fn, reps: int = 3) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -69,7 +59,7 @@ def main() -> None:
                 (torch.bfloat16, "PyTorch", F.scaled_dot_product_attention),
                 (torch.bfloat16, "stablecodec (query blocks)", attention.sdpa)]:
                 qq, kk, vv = (t.to(dtype) for t in (q, k, v))
-                sec = best(lambda: fn(qq, kk, vv))
+                sec = best_seconds(lambda: fn(qq, kk, vv))
                 rows.append({"kind": "attention", "shape": f"{name}: {h}x{n}x{d}", "dtype": str(dtype)[6:],
                              "kernel": kernel, "ms": round(sec * 1e3, 1), "gflops": round(flop / sec / 1e9),
                              "rel_l2": float(f"{rel(fn(qq, kk, vv), ref):.2e}")})
@@ -79,13 +69,13 @@ def main() -> None:
                                (torch.bfloat16, torch.channels_last)]:
                 conv = torch.nn.Conv2d(ci, co, 3, padding=1).to(dtype=dtype, memory_format=fmt)
                 x = torch.randn(1, ci, hh, ww).to(dtype=dtype, memory_format=fmt)
-                sec = best(lambda: conv(x))
+                sec = best_seconds(lambda: conv(x))
                 rows.append({"kind": "conv", "shape": f"{name}: {ci}->{co} at {hh}x{ww}", "dtype": str(dtype)[6:],
                              "kernel": "channels-last" if fmt == torch.channels_last else "contiguous",
                              "ms": round(sec * 1e3, 1), "gflops": round(flop / sec / 1e9)})
         for dtype in (torch.float32, torch.bfloat16):
             m = torch.randn(4096, 4096).to(dtype)
-            sec = best(lambda: m @ m, reps=5)
+            sec = best_seconds(lambda: m @ m, reps=5)
             rows.append({"kind": "gemm", "shape": "4096^3", "dtype": str(dtype)[6:], "kernel": "matmul",
                          "ms": round(sec * 1e3, 1), "gflops": round(2 * 4096**3 / sec / 1e9)})
     for r in rows:

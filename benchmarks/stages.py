@@ -47,17 +47,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(dtype: torch.dtype, device: str = "cpu", n: int = 4096, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
+def best_seconds(fn, reps: int = 3, device: str = "cpu") -> float:
+    """The fastest of ``reps`` calls of ``fn`` after a warm-up call (a kernel's rate)."""
+    fn()
     ts = []
     for _ in range(reps):
         sync(device)
         t = time.perf_counter()
-        a @ b
+        fn()
         sync(device)
         ts.append(time.perf_counter() - t)
-    return 2 * n**3 / min(ts)
+    return min(ts)
+
+
+def matmul_rate(dtype: torch.dtype, device: str = "cpu", n: int = 4096, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    return 2 * n**3 / best_seconds(lambda: a @ b, reps, device)
 
 
 def conv_rate(dtype: torch.dtype, device: str = "cpu", reps: int = 3) -> float:
@@ -69,13 +74,7 @@ def conv_rate(dtype: torch.dtype, device: str = "cpu", reps: int = 3) -> float:
         for fmt in (torch.contiguous_format, torch.channels_last):
             conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).to(device=device, dtype=dtype, memory_format=fmt)
             x = torch.randn(1, 512, 128, 192, device=device, dtype=dtype).contiguous(memory_format=fmt)
-            conv(x)
-            for _ in range(reps):
-                sync(device)
-                t = time.perf_counter()
-                conv(x)
-                sync(device)
-                best = max(best, 2 * 512 * 512 * 9 * 128 * 192 / (time.perf_counter() - t))
+            best = max(best, 2 * 512 * 512 * 9 * 128 * 192 / best_seconds(lambda: conv(x), reps, device))
     return best
 
 
@@ -289,9 +288,9 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats()
                 sec = timed(fn, a.repeat, device)
             fl = sum(by_dtype.values())
-            fallback = rates[rate_key(device, torch.float32)]
-            floor = sum(n / rates.get(k, fallback) for k, n in by_dtype.items())
-            gemm_floor = sum(n / gemm.get(k, gemm[rate_key(device, torch.float32)]) for k, n in by_dtype.items())
+            f32 = rate_key(device, torch.float32)  # for ops in a dtype without a measured rate
+            floor = sum(n / rates.get(k, rates[f32]) for k, n in by_dtype.items())
+            gemm_floor = sum(n / gemm.get(k, gemm[f32]) for k, n in by_dtype.items())
             row = {"model": a.model, "size": a.size, "precision": prec, "stage": name, "seconds": round(sec, 3),
                    "gflop": round(fl / 1e9, 1), "floor_s": round(floor, 3), "ratio": round(sec / floor, 2) if floor else None,
                    # the floor at the GEMM rates alone (the issue's definition; this file's until 2026-12-01)
