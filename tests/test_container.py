@@ -47,19 +47,26 @@ def test_magic_identifies_the_format():
         container.unpack(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
 
 
-def test_unknown_major_version_is_refused_clearly():
+def test_files_are_written_as_version_2_0():
+    assert make()[2] == 0x20 and container.unpack(make())[0].version == (2, 0)
+
+
+@pytest.mark.parametrize("version", [0x30, 0x00, 0xF1])
+def test_unknown_major_version_is_refused_clearly(version):
     data = bytearray(make())
-    data[2] = 0x20
+    data[2] = version
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "big")
-    with pytest.raises(FormatError, match="version 2.0 is not supported"):
+    with pytest.raises(FormatError, match=rf"version {version >> 4}\.{version & 15} is not supported by this "
+                                          r"stablecodec \(reads 1\.x and 2\.x\)"):
         container.unpack(bytes(data))
 
 
-def test_newer_minor_version_with_known_fields_is_read():
+@pytest.mark.parametrize("version,read", [(0x13, (1, 3)), (0x10, (1, 0)), (0x2F, (2, 15))])
+def test_older_major_and_newer_minor_versions_are_read(version, read):
     data = bytearray(make())
-    data[2] = 0x13
+    data[2] = version
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "big")
-    assert container.unpack(bytes(data))[0].version == (1, 3)
+    assert container.unpack(bytes(data))[0].version == read
 
 
 def test_unknown_flags_are_refused():

@@ -1,7 +1,9 @@
-"""Golden files: ``.scdc`` files of format 1.0 that every later version must keep decoding.
+"""Golden files: ``.scdc`` files of formats 1.0 and 2.0 that every later version must keep decoding.
 
 ``tests/data/golden/`` holds a tiny StableCodec model as a converted weights file and
-four files coded with it (made once by ``make_golden.py``, which the tests never run).
+four files per format version coded with it (made once by ``make_golden.py``, which the
+tests never run; the ``v2-`` files are format 2.0, made by the code that passed the
+official implementation's parity kit, see there).
 Each must decode to the stored ŷ bit for bit -- the format's promise, independent of
 the machine -- and to the stored image pixel for pixel. A format change must bump the
 version byte and keep reading these files or refuse them clearly (docs/bitstream.md).
@@ -51,11 +53,14 @@ def _data(name: str) -> bytes:
 
 
 def _y_hat(codec, data: bytes) -> np.ndarray:
+    from stablecodec.models.latent_codec import rules_for_format
+
     header, payload = container.unpack(data)
     model = codec.get_model().model
     s = model.stride
     hp, wp = -(-header.height // s) * s, -(-header.width // s) * s
-    return model.codec.decompress(payload, header.symbol_crc, model.codec.y_shape((hp // 8, wp // 8))).numpy()
+    return model.codec.decompress(payload, header.symbol_crc, model.codec.y_shape((hp // 8, wp // 8)),
+                                  rules=rules_for_format(header.version[0])).numpy()
 
 
 def _recrc(data: bytearray) -> bytes:
@@ -76,7 +81,7 @@ def test_golden_header(name):
     h, _ = container.unpack(_data(name))
     want = MANIFEST["files"][name]
     assert (h.width, h.height, h.grey) == (want["width"], want["height"], want["grey"])
-    assert h.version == (1, 0) and want["format_version"] == "1.0"
+    assert f"{h.version[0]}.{h.version[1]}" == want["format_version"] in ("1.0", "2.0")
     assert h.model_code == 0x25  # ft8
     assert h.fingerprint == int(MANIFEST["fingerprint"][:4], 16)
 
@@ -101,7 +106,7 @@ def test_golden_image_is_bit_identical(codec, one_thread, name):
         "test_golden_y_hat_is_bit_identical passes, the float image path changed, not the format")
 
 
-@pytest.mark.parametrize("version", [0x20, 0x21, 0x2F, 0x30, 0xF0, 0x00])
+@pytest.mark.parametrize("version", [0x30, 0x31, 0x3F, 0xF0, 0x00])
 @pytest.mark.parametrize("fix_crc", [True, False])
 def test_other_major_versions_are_refused_clearly(codec, version, fix_crc):
     data = bytearray(_data("rgb-64x64"))
@@ -109,8 +114,18 @@ def test_other_major_versions_are_refused_clearly(codec, version, fix_crc):
     data = _recrc(data) if fix_crc else bytes(data)
     major, minor = version >> 4, version & 15
     with pytest.raises(FormatError, match=rf"file format version {major}\.{minor} is not supported by this "
-                                          r"stablecodec \(reads 1\.x\)"):
+                                          r"stablecodec \(reads 1\.x and 2\.x\)"):
         codec.decode(data)
+
+
+def test_a_format_1_payload_labelled_2_0_is_caught_not_misdecoded(codec):
+    """The versions code their means differently: relabelling is a DesyncError, never an image."""
+    from stablecodec.errors import DesyncError
+
+    data = bytearray(_data("latent-640x384"))
+    data[2] = 0x20
+    with pytest.raises(DesyncError):
+        codec.decode(_recrc(data))
 
 
 @pytest.mark.parametrize("bit", range(2, 8))
@@ -124,10 +139,20 @@ def test_unknown_flag_bits_are_refused_clearly(codec, version, bit):
         codec.decode(_recrc(data))
 
 
-@pytest.mark.parametrize("version", [0x11, 0x1F])
-def test_newer_minor_version_with_known_flags_decodes_the_same(codec, version):
-    data = bytearray(_data("latent-640x384"))
+@pytest.mark.parametrize("name,version", [("latent-640x384", 0x11), ("latent-640x384", 0x1F),
+                                          ("v2-latent-640x384", 0x21), ("v2-latent-640x384", 0x2F)])
+def test_newer_minor_version_with_known_flags_decodes_the_same(codec, name, version):
+    data = bytearray(_data(name))
     data[2] = version
     data = _recrc(data)
-    assert container.unpack(data)[0].version == (1, version & 15)
-    assert np.array_equal(_y_hat(codec, data), np.load(GOLDEN / "latent-640x384.y.npy"))
+    assert container.unpack(data)[0].version == (version >> 4, version & 15)
+    assert np.array_equal(_y_hat(codec, data), np.load(GOLDEN / f"{name}.y.npy"))
+
+
+def test_both_format_versions_are_in_the_golden_set():
+    versions = {f["format_version"] for f in MANIFEST["files"].values()}
+    assert versions == {"1.0", "2.0"}
+    # format 2 codes the same inputs with other means: the files differ, ŷ barely
+    for name in ("rgb-384x256", "latent-640x384"):
+        a, b = np.load(GOLDEN / f"{name}.y.npy"), np.load(GOLDEN / f"v2-{name}.y.npy")
+        assert _data(name) != _data(f"v2-{name}") and a.shape == b.shape

@@ -33,8 +33,9 @@ import zlib
 from .errors import FormatError, LimitError
 
 MAGIC = b"\x5c\xdc"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2  # what this stablecodec writes
 VERSION_MINOR = 0
+READ_MAJORS = (1, 2)  # 1.x: means on the 2**-8 grid; 2.x: the float means (docs/bitstream.md)
 FLAG_COLOR = 0x01
 FLAG_GREY = 0x02
 _KNOWN_FLAGS = FLAG_COLOR | FLAG_GREY
@@ -153,10 +154,11 @@ def _check_identity(data: bytes) -> tuple[int, int]:
     if len(data) < 3 or data[:2] != MAGIC:
         raise FormatError("not a .scdc file (wrong magic bytes)")
     major, minor = data[2] >> 4, data[2] & 0x0F
-    if major != VERSION_MAJOR:
+    if major not in READ_MAJORS:
+        reads = " and ".join(f"{m}.x" for m in READ_MAJORS)
         raise FormatError(
             f"file format version {major}.{minor} is not supported by this stablecodec "
-            f"(reads {VERSION_MAJOR}.x); use the stablecodec version that wrote it"
+            f"(reads {reads}); use the stablecodec version that wrote it"
         )
     return major, minor
 

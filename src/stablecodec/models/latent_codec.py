@@ -28,16 +28,42 @@ from ..errors import FormatError
 from ._compressai import entropy_bottleneck, gaussian_conditional
 from .blocks import FLOAT, Adapter, BasicBlock, Downsample, LRP, Stack, Upsample
 from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables, scale_table
-from .fixedpoint import FRAC_BITS, ONE, QMAX, ExactOps, from_fixed, to_fixed
+from .fixedpoint import V1, V2, ExactOps, Numerics
 
 # Step i codes, for channel groups 0..3, these positions of each 2x2 cell
 # (0: even row/even col, 1: even/odd, 2: odd/even, 3: odd/odd).
 QUADTREE = ((0, 1, 2, 3), (3, 2, 1, 0), (2, 3, 0, 1), (1, 0, 3, 2))
 
-MEAN_BITS = 8  # means are coded on a 2**-8 grid
 SCALE_BITS = 10  # scales are snapped on a 2**-10 grid before the table lookup
-MEAN_LIMIT = 4096.0
+MEAN_LIMIT = 4096.0  # beyond the activation range (QMAX): never binding
 Y_LIMIT = 1000.0  # |y| beyond this is clipped before coding, keeping the fixed point exact
+
+
+@dataclasses.dataclass(frozen=True)
+class CodingRules:
+    """How a payload's symbols are computed: fixed per major version of the file format.
+
+    ``numerics``: the exact arithmetic of the parameter network (:mod:`fixedpoint`);
+    ``mean_bits``: the grid of the means in round(y - mean).
+
+    Format 1.x snapped the means to 2**-8 and ran V1 numerics (~1e-5 from the float
+    network): 107-172 symbols per 768x512 image came out other than the official
+    implementation's, each flip carried on by the context model. Format 2.x subtracts the
+    means as V2 computes them (2**-24 grid, ~3e-8 from a float64 evaluation), as the
+    official code subtracts its float means (docs/reliability.md).
+    """
+
+    numerics: Numerics
+    mean_bits: int
+
+
+FORMAT_RULES = {1: CodingRules(V1, 8), 2: CodingRules(V2, V2.frac_bits)}
+RULES = FORMAT_RULES[2]  # what this version writes
+
+
+def rules_for_format(major: int) -> CodingRules:
+    """The coding rules of a ``.scdc`` payload of this major format version."""
+    return FORMAT_RULES[major]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +224,7 @@ class LatentCodec(nn.Module):
             self.gain_y_inv = nn.Parameter(torch.ones(cfg.rates, M))
             self.gain_z = nn.Parameter(torch.ones(cfg.rates, M // 2))
             self.gain_z_inv = nn.Parameter(torch.ones(cfg.rates, M // 2))
-        self._exact: ExactOps | None = None
+        self._exact: dict[str, ExactOps] = {}
         self._tables: tuple[list[Table], list[Table], torch.Tensor] | None = None
 
     # -- entropy-parameter path --------------------------------------------------------
@@ -262,13 +288,14 @@ class LatentCodec(nn.Module):
 
     # -- inference ---------------------------------------------------------------------
 
-    def exact_ops(self) -> ExactOps:
-        if self._exact is None:
-            ops = ExactOps()
+    def exact_ops(self, numerics: Numerics = RULES.numerics) -> ExactOps:
+        ops = self._exact.get(numerics.name)
+        if ops is None:
+            ops = ExactOps(numerics)
             for m in self.parameter_modules():
                 ops.prepare(m)
-            self._exact = ops
-        return self._exact
+            self._exact[numerics.name] = ops
+        return ops
 
     def tables(self) -> tuple[list[Table], list[Table], torch.Tensor]:
         """(Gaussian tables, bottleneck tables, bottleneck medians), built or loaded once."""
@@ -282,7 +309,7 @@ class LatentCodec(nn.Module):
 
     def reset_caches(self) -> None:
         """Forget integer weights and tables (after the weights changed)."""
-        self._exact = None
+        self._exact = {}
         self._tables = None
 
     def y_shape(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -298,13 +325,16 @@ class LatentCodec(nn.Module):
         return y
 
     @torch.no_grad()
-    def compress(self, latent, features=None, rate: int | None = None) -> Compressed:
+    def compress(self, latent, features=None, rate: int | None = None, rules: CodingRules = RULES) -> Compressed:
         y = self.analyse(latent, features, rate).clamp(-Y_LIMIT, Y_LIMIT)
-        return self.compress_y(y, rate)
+        return self.compress_y(y, rate, rules)
 
     @torch.no_grad()
-    def compress_y(self, y: torch.Tensor, rate: int | None = None) -> Compressed:
-        """Entropy-code y (float32, CPU, (1, M, h, w)); the hyper-analysis runs here too."""
+    def compress_y(self, y: torch.Tensor, rate: int | None = None, rules: CodingRules = RULES) -> Compressed:
+        """Entropy-code y (float32, CPU, (1, M, h, w)); the hyper-analysis runs here too.
+
+        ``rules``: only tests and the golden files of format 1.x use others than the current.
+        """
         if y.shape[0] != 1:
             raise ValueError("compress codes one image at a time")
         h_a_param = next(self.h_a.parameters())
@@ -317,12 +347,16 @@ class LatentCodec(nn.Module):
         writer = StreamWriter()
         writer.write(z_sym.numpy().astype(np.int32), _channel_ids(z_sym), z_tables)
         z_hat = z_sym + med
-        y_hat = self._code_y(z_hat, rate, writer=writer, y=y.to(torch.float64).clamp(-Y_LIMIT, Y_LIMIT))
+        y_hat = self._code_y(z_hat, rate, rules, writer=writer, y=y.to(torch.float64).clamp(-Y_LIMIT, Y_LIMIT))
         return Compressed(writer.finish(), writer.crc, y_hat, (y.shape[2], y.shape[3]))
 
     @torch.no_grad()
-    def decompress(self, payload: bytes, symbol_crc: int, y_shape: tuple[int, int], rate: int | None = None) -> torch.Tensor:
-        """ŷ (float64, CPU) from a payload; raises DesyncError if the symbols fail their check."""
+    def decompress(self, payload: bytes, symbol_crc: int, y_shape: tuple[int, int], rate: int | None = None,
+                   rules: CodingRules = RULES) -> torch.Tensor:
+        """ŷ (float64, CPU) from a payload; raises DesyncError if the symbols fail their check.
+
+        ``rules``: the payload's (:func:`rules_for_format` of its file's version).
+        """
         h, w = y_shape
         if h % 4 or w % 4 or h < 4 or w < 4:
             raise FormatError(f"latent shape {y_shape} is not a multiple of the hyperprior's stride")
@@ -332,7 +366,7 @@ class LatentCodec(nn.Module):
         z_ids = np.repeat(np.arange(zc), (h // 4) * (w // 4))
         z_sym = torch.from_numpy(reader.read(z_ids, z_tables).astype(np.float64)).view(1, zc, h // 4, w // 4)
         z_hat = z_sym + medians.to(torch.float64)[None, :, None, None]
-        y_hat = self._code_y(z_hat, rate, reader=reader)
+        y_hat = self._code_y(z_hat, rate, rules, reader=reader)
         reader.check(symbol_crc)
         return y_hat
 
@@ -342,44 +376,57 @@ class LatentCodec(nn.Module):
             y_hat = y_hat * self.gain_y_inv[rate].detach().to(y_hat.dtype).cpu()[None, :, None, None]
         return y_hat
 
-    def _code_y(self, z_hat, rate, *, writer: StreamWriter | None = None, reader: StreamReader | None = None, y=None):
-        """The four quadtree steps in exact arithmetic, encoding (writer, y) or decoding (reader)."""
-        ops = self.exact_ops()
+    def _code_y(self, z_hat, rate, rules: CodingRules, *, writer: StreamWriter | None = None,
+                reader: StreamReader | None = None, y=None):
+        """The four quadtree steps in exact arithmetic, encoding (writer, y) or decoding (reader).
+
+        The symbol is round(y - mean) in float64: one IEEE subtraction of y (float32) and a
+        multiple of 2**-24 below 2**10, exact for |y| >= 2**-28 and correctly rounded
+        otherwise, so the same on every machine. It differs from a float implementation's
+        only where y - mean lies within the fixed-point network's error (~1e-5) of a
+        half-integer.
+        """
+        ops = self.exact_ops(rules.numerics)
+        mean_bits, one, qmax = rules.mean_bits, ops.one, ops.qmax
         gaussian, _, _ = self.tables()
         if self.cfg.rates:
             z_hat = z_hat * self.gain_z_inv[rate].detach().to(torch.float64).cpu()[None, :, None, None]
-        base = self.h_s(to_fixed(z_hat), ops)
+        base = self.h_s(ops.to_fixed(z_hat), ops)
         _, M, H, W = base.shape
         total = torch.zeros_like(base)
         for i, mask in enumerate(quadtree_masks(M, H, W)):
             means_q, scales_q = self._step_params(base, i, ops)
-            mean_k, scale_idx = snap(*parameter_outputs(means_q[0], scales_q[0]))
+            mean_k, scale_idx = snap(*parameter_outputs(means_q[0], scales_q[0], rules), rules)
             mk = mean_k[mask]
             if writer is not None:
-                sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-MEAN_BITS).to(torch.int64)
+                sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-mean_bits).to(torch.int64)
                 writer.write(sym.numpy(), scale_idx[mask].numpy(), gaussian)
             else:
                 sym = torch.from_numpy(reader.read(scale_idx[mask].numpy(), gaussian).astype(np.int64))
             y_i = torch.zeros_like(base)
-            y_i[0][mask] = (sym.to(torch.float64) * ONE + mk.to(torch.float64) * 2.0 ** (FRAC_BITS - MEAN_BITS)).clamp(
-                -QMAX, QMAX
+            y_i[0][mask] = (sym.to(torch.float64) * one + mk.to(torch.float64) * 2.0 ** (ops.frac_bits - mean_bits)).clamp(
+                -qmax, qmax
             )
             lrp = ops.half_tanh(self.LRP[i](torch.cat([y_i, base], dim=1), ops))
-            y_i[0][mask] = (y_i[0][mask] + lrp[0][mask]).clamp(-QMAX, QMAX)
+            y_i[0][mask] = (y_i[0][mask] + lrp[0][mask]).clamp(-qmax, qmax)
             base[0][mask] = y_i[0][mask]
             total += y_i
-        return from_fixed(total)
+        return ops.from_fixed(total)
 
 
-def parameter_outputs(means_q: torch.Tensor, scales_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The parameter network's outputs on their grids: means on 2**-8, scales on 2**-10 (float64).
+def parameter_outputs(means_q: torch.Tensor, scales_q: torch.Tensor,
+                      rules: CodingRules = RULES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parameter network's outputs on their grids: means on 2**-mean_bits (the
+    fixed-point grid itself by default), scales on 2**-10 (float64).
 
     These are exact multiples of the grid step, so a float error smaller than half a step
     (e.g. a few float32 ulp) cannot change what :func:`snap` returns.
     """
-    m = torch.round(means_q * 2.0 ** (MEAN_BITS - FRAC_BITS)).clamp_(-MEAN_LIMIT * 2**MEAN_BITS, MEAN_LIMIT * 2**MEAN_BITS)
-    s = torch.round(scales_q * 2.0 ** (SCALE_BITS - FRAC_BITS)).clamp_(0, 512 * 2**SCALE_BITS)
-    return m * 2.0**-MEAN_BITS, s * 2.0**-SCALE_BITS
+    mean_bits, frac_bits = rules.mean_bits, rules.numerics.frac_bits
+    lim = MEAN_LIMIT * 2**mean_bits
+    m = torch.round(means_q * 2.0 ** (mean_bits - frac_bits)).clamp_(-lim, lim)
+    s = torch.round(scales_q * 2.0 ** (SCALE_BITS - frac_bits)).clamp_(0, 512 * 2**SCALE_BITS)
+    return m * 2.0**-mean_bits, s * 2.0**-SCALE_BITS
 
 
 _SCALE_THRESHOLDS: torch.Tensor | None = None
@@ -394,9 +441,9 @@ def _scale_thresholds() -> torch.Tensor:
     return _SCALE_THRESHOLDS
 
 
-def snap(means: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid values -> (mean in 2**-8 units, scale-table index), as int64."""
-    mean_k = torch.round(means * 2.0**MEAN_BITS).to(torch.int64)
+def snap(means: torch.Tensor, scales: torch.Tensor, rules: CodingRules = RULES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid values -> (mean in 2**-mean_bits units, scale-table index), as int64."""
+    mean_k = torch.round(means * 2.0**rules.mean_bits).to(torch.int64)
     j = torch.round(scales * 2.0**SCALE_BITS).to(torch.int64)
     # CompressAI's rule: the smallest table scale >= the predicted scale (scales <= 0.11 -> 0).
     idx = torch.bucketize(j, _scale_thresholds(), right=True)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .blocks import BasicBlock, Downsample, Upsample
 from ..tiling import MemoryPlan, run_windows
-from .latent_codec import LatentCodec, LatentCodecConfig
+from .latent_codec import RULES, CodingRules, LatentCodec, LatentCodecConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +147,10 @@ class LiteModel(nn.Module):
         return self.net.codec.compress_y(y.to("cpu", torch.float32).clamp(-Y_LIMIT, Y_LIMIT), self.rate)
 
     @torch.no_grad()
-    def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int]) -> torch.Tensor:
+    def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int],
+                   rules: CodingRules = RULES) -> torch.Tensor:
         y_shape = self.codec.y_shape((padded_hw[0] // 8, padded_hw[1] // 8))
-        y_hat = self.codec.decompress(payload, symbol_crc, y_shape, self.rate)
+        y_hat = self.codec.decompress(payload, symbol_crc, y_shape, self.rate, rules)
         return self.reconstruct(y_hat)
 
     @torch.no_grad()

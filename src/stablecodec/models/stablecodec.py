@@ -25,7 +25,7 @@ from . import precision
 from .precision import channels_last
 from .denoiser import OneStepDenoiser
 from .encoder import ElicAnalysis
-from .latent_codec import Compressed, LatentCodec
+from .latent_codec import RULES, CodingRules, Compressed, LatentCodec
 from .vae import TiledVAE, VAEPlan
 
 
@@ -168,11 +168,12 @@ class StableCodecModel(nn.Module):
             return self.codec.compress(l_sd, l_aux)
 
     @torch.no_grad()
-    def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int]) -> torch.Tensor:
+    def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int],
+                   rules: CodingRules = RULES) -> torch.Tensor:
         y_shape = self.codec.y_shape((padded_hw[0] // 8, padded_hw[1] // 8))
         self.last_timings = {}
         with self._timed("entropy decoding"):
-            y_hat = self.codec.decompress(payload, symbol_crc, y_shape)
+            y_hat = self.codec.decompress(payload, symbol_crc, y_shape, rules=rules)
         return self._reconstruct(y_hat)
 
     @torch.no_grad()

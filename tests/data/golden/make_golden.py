@@ -1,7 +1,16 @@
 """How the golden files in this folder were made. Not run by the tests: run it only to
 *add* golden files for a new format version, never to refresh the existing ones.
 
-    OMP_NUM_THREADS=1 python tests/data/golden/make_golden.py [OUTPUT_DIR]
+    OMP_NUM_THREADS=1 python tests/data/golden/make_golden.py [OUTPUT_DIR]    # format 1.0 (done once)
+    OMP_NUM_THREADS=1 python tests/data/golden/make_golden.py --add v2-       # format 2.0 (done once)
+
+``--add PREFIX`` codes the same images and latent with the stored model and the current
+stablecodec into ``PREFIX<name>.*`` and adds them to ``golden.json``, leaving every
+existing file as it is. The ``v2-`` files (format 2.0: V2 numerics, unsnapped means) were
+made by the code that passes ``../shared/parity/check``: on the official implementation's
+outputs for its random released-layout weights no symbol of ŷ differs (max |Δŷ| 1.7e-6
+over its four images) and the images are 51.19 dB from the official ones (the rest is
+the official code truncating to 8 bits where stablecodec rounds).
 
 1. a tiny StableCodec model with random weights in the released layout
    (``stablecodec.testing.write_released(dir, tiny(), name="ft8", seed=SEED)``), converted
@@ -69,13 +78,48 @@ def synthetic_y(M: int, h: int, w: int):
 def decoded_y_hat(codec, data: bytes) -> np.ndarray:
     """The decoder's ŷ for a file (the latent codec's output before the image path)."""
     from stablecodec import container
+    from stablecodec.models.latent_codec import rules_for_format
 
     header, payload = container.unpack(data)
     model = codec.get_model().model
     s = model.stride
     hp, wp = -(-header.height // s) * s, -(-header.width // s) * s
-    y = model.codec.decompress(payload, header.symbol_crc, model.codec.y_shape((hp // 8, wp // 8)))
+    y = model.codec.decompress(payload, header.symbol_crc, model.codec.y_shape((hp // 8, wp // 8)),
+                               rules=rules_for_format(header.version[0]))
     return y.numpy()
+
+
+def add(out: Path, prefix: str) -> None:
+    """Code the golden inputs with the current stablecodec into ``prefix<name>`` files."""
+    import torch
+
+    import stablecodec
+    from stablecodec import container
+
+    torch.set_num_threads(1)
+    manifest = json.loads((out / "golden.json").read_text())
+    codec = stablecodec.Codec("ft8", weights_dir=out, device="cpu", precision="fp32")
+    loaded = codec.get_model()
+    assert loaded.fingerprint == manifest["fingerprint"]
+    blobs = {prefix + name: codec.encode(image(h, w, seed, c)) for name, (w, h, c, seed) in IMAGES.items()}
+    name, w, h, color = LATENT
+    s, lc = loaded.model.stride, loaded.model.codec
+    comp = lc.compress_y(synthetic_y(lc.cfg.M, *lc.y_shape((-(-h // s) * s // 8, -(-w // s) * s // 8))))
+    blobs[prefix + name] = container.pack(container.Header(loaded.code, loaded.header_fingerprint, w, h,
+                                                           comp.symbol_crc, color=color), comp.payload)
+    for name, data in blobs.items():
+        if name in manifest["files"]:
+            raise SystemExit(f"{name} exists; golden files are never remade")
+        header, _ = container.unpack(data)
+        (out / f"{name}.scdc").write_bytes(data)
+        codec.decode(data).save(out / f"{name}.png")
+        np.save(out / f"{name}.y.npy", decoded_y_hat(codec, data))
+        manifest["files"][name] = {"width": header.width, "height": header.height, "grey": header.grey,
+                                   "bytes": len(data), "format_version": f"{data[2] >> 4}.{data[2] & 15}",
+                                   "made_with": f"stablecodec {stablecodec.__version__}, torch {torch.__version__}"}
+        for suffix in (".scdc", ".png", ".y.npy"):
+            manifest["sha256"][name + suffix] = hashlib.sha256((out / (name + suffix)).read_bytes()).hexdigest()
+    (out / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main(out: Path) -> None:
@@ -113,4 +157,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)
+    if len(sys.argv) > 2 and sys.argv[1] == "--add":
+        add(Path(__file__).parent, sys.argv[2])
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)
