@@ -22,7 +22,6 @@ and truncating the same float image to 8 bits (the official code truncates).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -53,7 +52,9 @@ def count_flips(codec_model, y):
     from stablecodec.models import latent_codec as lcm
 
     c = codec_model
-    c64 = copy.deepcopy(c).double()
+    c64 = lcm.LatentCodec(c.cfg)
+    c64.load_state_dict(c.state_dict())
+    c64 = c64.double().eval()
     with torch.no_grad():
         z = c.h_a(y)
         _, _, med = c.tables()

@@ -247,8 +247,10 @@ def test_empty_folder_says_so(weights_home, tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     image(tmp_path / "in" / "sub" / "a.png")
     r = run("encode", tmp_path / "in", "-o", tmp_path / "out", *M)
-    assert r.exit_code == 0
+    # nothing to code in a folder given by name is a mistake: one line, exit 1 (issue 16)
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert "no images" in r.stderr and "use -r" in r.stderr
+    assert run("encode", tmp_path / "in", "-o", tmp_path / "out", "-r", *M).exit_code == 0
 
 
 def test_two_inputs_for_one_output_is_a_usage_error(weights_home, tmp_path):

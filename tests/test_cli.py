@@ -126,3 +126,79 @@ def test_version_and_help_are_fast():
     assert "stablecodec, version" in r.stdout
     for cmd in ("encode", "decode", "info", "models", "convert"):
         assert run(cmd, "--help").exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Rough edges found by hostile testing (issue 16): one clear line each, the right status.
+
+
+def _cli(*args, cwd=None):
+    """The installed entry point in a subprocess: what a user's terminal shows."""
+    return subprocess.run([sys.executable, "-m", "stablecodec", *[str(a) for a in args]], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def _one_line(p, status):
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == status and len(lines) == 1 and lines[0].startswith("stablecodec: error: "), p.stderr
+    return lines[0]
+
+
+def test_some_but_not_all_weight_files_is_one_line(tmp_path):
+    p = _cli("decode", tmp_path / "f.scdc", "--checkpoint", tmp_path / "x.pkl", "-o", tmp_path / "o.png")
+    line = _one_line(p, 1)
+    assert "--sd-turbo, --checkpoint and --elic must be given together (got only --checkpoint)" in line
+    assert "internal error" not in line
+
+
+def test_a_file_named_like_an_option_is_one_line_with_the_fix(tmp_path):
+    save_png(tmp_path / "-x.png", smooth_image(16, 16))
+    line = _one_line(_cli("encode", "-x.png", cwd=tmp_path), 2)
+    assert "No such option '-x'" in line and "write ./-x.png or put -- before it" in line
+
+
+@pytest.mark.parametrize("output", ["a.png", "link.png"])
+def test_output_onto_the_input_is_one_line(tmp_path, output):
+    save_png(tmp_path / "a.png", smooth_image(16, 16))
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    line = _one_line(_cli("encode", "a.png", "-o", output, cwd=tmp_path), 2)
+    assert f"output {output} would overwrite the input" in line
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_option_is_one_line():
+    assert "No such option '--bogus' (see 'stablecodec encode --help')" in _one_line(_cli("encode", "--bogus", "a"), 2)
+
+
+def test_a_folder_named_like_an_image_is_an_error_not_zero_files(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    line = _one_line(_cli("encode", tmp_path / "x.png"), 1)
+    assert "no images" in line and "found in the folder" in line
+    (tmp_path / "d").mkdir()
+    assert "no .scdc files found in the folder" in _one_line(_cli("decode", tmp_path / "d"), 1)
+
+
+def test_malicious_checkpoint_error_is_one_line_without_torch_advice(tmp_path):
+    import os
+    import pickle
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    sd = tmp_path / "sd"
+    for sub in ("unet", "vae", "scheduler"):
+        (sd / sub).mkdir(parents=True)
+    torch.save({"state_dict_vae": Evil()}, tmp_path / "evil.pkl")
+    (tmp_path / "evil2.pkl").write_bytes(pickle.dumps(Evil(), protocol=4))
+    from stablecodec import container
+
+    (tmp_path / "f.scdc").write_bytes(container.pack(container.Header(0xFF, 0, 64, 64, 0), b"\0"))
+    for f in ("evil.pkl", "evil2.pkl"):
+        p = _cli("decode", tmp_path / "f.scdc", "--sd-turbo", sd, "--checkpoint", tmp_path / f, "--elic",
+                 tmp_path / f, "-o", tmp_path / "o.png")
+        line = _one_line(p, 1)
+        assert "refused to load" in line and "weights_only" not in line and "Warning" not in p.stderr
+    assert not (tmp_path / "pwned").exists()

@@ -188,7 +188,8 @@ class Codec:
     def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: PathLike | None = None,
                  sd_turbo: PathLike | None = None, checkpoint: PathLike | None = None, elic: PathLike | None = None,
                  device: str = "auto", precision: str = "auto",
-                 color_fix: bool = True, alpha: str = "refuse", max_memory: str | int | None = None,
+                 color_fix: bool = True, alpha: str = "refuse", metadata: str = "none",
+                 max_memory: str | int | None = None,
                  progress: bool | Callable | None = None, tile_plan: "tiling.MemoryPlan | None" = None,
                  compile: bool = False):
         if model is not None and bpp is not None:
@@ -201,9 +202,16 @@ class Codec:
             registry.get(model)
         if alpha not in ("refuse", "drop"):
             raise ConfigError(f"alpha must be 'refuse' or 'drop', got {alpha!r}")
+        if metadata not in imageio.METADATA_LEVELS:
+            raise ConfigError(f"--metadata must be one of {', '.join(imageio.METADATA_LEVELS)}, got {metadata!r}")
+        self.metadata = metadata
         self.model_name = model
         self.weights_dir = weights_dir
         self._explicit = dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic)
+        given = [k for k, v in self._explicit.items() if v is not None]
+        if given and len(given) != len(self._explicit):
+            raise ConfigError("--sd-turbo, --checkpoint and --elic must be given together "
+                              f"(got only {', '.join('--' + k.replace('_', '-') for k in given)})")
         self._device_arg, self._precision_arg = device, precision
         resolve_device(device)  # validate early
         if precision not in PRECISIONS:
@@ -314,7 +322,7 @@ class Codec:
         """Compress an image (path, bytes, PIL image, or float/uint8 array HxWxC) to ``.scdc`` bytes."""
         import torch
 
-        img = _as_loaded(image, self.alpha)
+        img = _as_loaded(image, self.alpha, self.metadata)
         if notes is not None:
             notes.extend(img.notes)
         container.check_size(img.width, img.height)
@@ -334,12 +342,23 @@ class Codec:
                 bar.close()
             loaded.model.progress = None
         header = container.Header(model_code=loaded.code, fingerprint=loaded.header_fingerprint, width=img.width,
-                                  height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey)
+                                  height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey,
+                                  metadata=img.metadata or None)
         return container.pack(header, comp.payload)
 
     def decode(self, data: bytes) -> "PIL.Image.Image":
-        """``.scdc`` bytes -> PIL image (8-bit RGB, or L for a greyscale original)."""
-        return imageio.to_pil(self.decode_array(data))
+        """``.scdc`` bytes -> PIL image (8-bit sRGB, or L for a greyscale original).
+
+        Metadata stored in the file (``metadata="exif"``/``"all"`` at encode time) comes
+        back in ``image.info``: ``"exif"``, ``"xmp"`` and ``"original_icc_profile"`` (the
+        pixels are sRGB; :func:`stablecodec.imageio.encode_image` converts them back to it).
+        """
+        img = imageio.to_pil(self.decode_array(data))
+        meta = container.unpack(data)[0].metadata or {}
+        for key, name in (("exif", "exif"), ("xmp", "xmp"), ("icc", "original_icc_profile")):
+            if key in meta:
+                img.info[name] = meta[key]
+        return img
 
     def decode_array(self, data: bytes) -> np.ndarray:
         """``.scdc`` bytes -> float32 array (H, W, C) in [0, 1]."""
@@ -367,7 +386,7 @@ class Codec:
         return np.clip(pix, 0.0, 1.0)
 
 
-def _as_loaded(image: ImageLike, alpha: str) -> imageio.LoadedImage:
+def _as_loaded(image: ImageLike, alpha: str, metadata: str = "none") -> imageio.LoadedImage:
     if isinstance(image, imageio.LoadedImage):
         return image
     if isinstance(image, np.ndarray):
@@ -379,7 +398,7 @@ def _as_loaded(image: ImageLike, alpha: str) -> imageio.LoadedImage:
         if arr.dtype == np.uint8:
             arr = arr.astype(np.float32) / 255.0
         return imageio.LoadedImage(np.clip(arr.astype(np.float32), 0, 1), [])
-    return imageio.load(image, alpha=alpha)
+    return imageio.load(image, alpha=alpha, metadata=metadata)
 
 
 def encode(image: ImageLike, model: str | None = None, **kwargs: Any) -> bytes:
@@ -396,6 +415,7 @@ def info(data: bytes) -> dict[str, Any]:
     """What a ``.scdc`` file says about itself, without loading a model."""
     header, crc_ok = container.peek(data)
     spec = registry.by_code(header.model_code)
+    image_bytes = len(data) - header.metadata_size
     mu = sigma = None
     if header.color is not None:
         m, s = colorfix.dequantize(header.color)
@@ -408,8 +428,10 @@ def info(data: bytes) -> dict[str, Any]:
         "height": header.height,
         "greyscale": header.grey,
         "bytes": len(data),
-        "bpp": round(len(data) * 8 / (header.width * header.height), 6),
+        "bpp": round(image_bytes * 8 / (header.width * header.height), 6),  # the image's: without metadata
         "header_bytes": header.header_bytes,
+        "metadata_bytes": header.metadata_size,
+        "metadata": imageio.metadata_summary(header.metadata) if header.metadata else None,
         "color_mean": mu,
         "color_std": sigma,
         "crc_ok": crc_ok,

@@ -37,7 +37,7 @@ from .errors import StableCodecError
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Codec
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".avif", ".heic", ".heif", ".hif")
 SCDC = ".scdc"
 
 Shard = tuple[int, int]  # (I, N), 1 <= I <= N
@@ -242,12 +242,12 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _codec(model: str | None = None, bpp: float | None = None, weights_dir: str | None = None,
            sd_turbo: str | None = None, checkpoint: str | None = None, elic: str | None = None, device: str = "auto",
            precision: str = "auto", max_memory: str | None = None, color_fix: bool = True, alpha: str = "refuse",
-           quiet: bool = False, compile_: bool = False) -> Codec:
+           metadata: str = "none", quiet: bool = False, compile_: bool = False) -> Codec:
     from .api import Codec
 
     return Codec(model, bpp=bpp, weights_dir=weights_dir, sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic,
                  device=device, precision=precision, max_memory=max_memory, color_fix=color_fix, alpha=alpha,
-                 progress=None if quiet else _tty(), compile=compile_)
+                 metadata=metadata, progress=None if quiet else _tty(), compile=compile_)
 
 
 def _tty() -> bool:
@@ -418,8 +418,11 @@ def cli() -> None:
 
 
 def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
+    """A folder given as input that holds nothing to code is a mistake (a typo, a folder
+    named like a file): one line and exit 1, not a silent "0 of 0 files"."""
     hint = "" if recursive else "; use -r to include subfolders"
-    _note(f"no {what} found in {', '.join(inputs)}{hint}")
+    _fail(f"no {what} found in the folder {', '.join(inputs)}{hint}")
+    sys.exit(1)
 
 
 @cli.command()
@@ -429,16 +432,18 @@ def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
               help="Pick the model closest to this bit rate among those whose weights are present.")
 @click.option("--alpha", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True,
               help="What to do with an alpha channel.")
+@click.option("--metadata", type=click.Choice(["none", "exif", "all"]), default="none", show_default=True,
+              help="Keep EXIF (upright, no thumbnail), or EXIF, XMP and the ICC profile, in the file for decode to write back.")
 @model_options
-def encode(inputs, output, bpp, alpha, model, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-           force, recursive, shard, json_report, quiet, compile_):
+def encode(inputs, output, bpp, alpha, metadata, model, weights_dir, sd_turbo, checkpoint, elic, device, precision,
+           max_memory, force, recursive, shard, json_report, quiet, compile_):
     """Compress images (files, folders, or - for standard input) to .scdc."""
     if model and bpp:
         raise click.UsageError("give either --model or --bpp, not both")
     if bpp and (sd_turbo or checkpoint or elic):
         raise click.UsageError("--bpp picks a named model; with --sd-turbo/--checkpoint/--elic the files give the model")
     jobs, batch = plan_jobs(inputs, output, recursive, IMAGE_EXTENSIONS, SCDC, parse_shard(shard))
-    if batch and not jobs and shard is None and not quiet:
+    if batch and not jobs and shard is None:
         _nothing_found(inputs, "images (" + ", ".join(IMAGE_EXTENSIONS) + ")", recursive)
     try:
         if bpp:
@@ -448,7 +453,7 @@ def encode(inputs, output, bpp, alpha, model, weights_dir, sd_turbo, checkpoint,
 
                 _note(f"--bpp {bpp:g}: model {model} (typically {registry.get(model).bpp:g} bpp)")
         codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-                       alpha=alpha, quiet=quiet, compile_=compile_)
+                       alpha=alpha, metadata=metadata, quiet=quiet, compile_=compile_)
         if batch and any(force or not Path(dst).exists() for _, dst in jobs):
             codec.get_model()  # once, before the loop: missing weights fail once, not per file
     except StableCodecError as e:
@@ -458,13 +463,16 @@ def encode(inputs, output, bpp, alpha, model, weights_dir, sd_turbo, checkpoint,
     def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
         from .imageio import load
 
+        from .container import peek
+
         notes: list[str] = []
-        img = load(data, alpha=alpha, name="standard input" if src == "-" else src)
+        img = load(data, alpha=alpha, name="standard input" if src == "-" else src, metadata=metadata)
         out = codec.encode(img, notes=notes)
         if notes and not quiet and not batch:
             _note("; ".join(notes))
-        return out, {"size": len(out), "bpp": round(len(out) * 8 / (img.width * img.height), 6),
-                     "width": img.width, "height": img.height, "notes": notes}
+        meta = peek(out)[0].metadata_size
+        return out, {"size": len(out), "bpp": round((len(out) - meta) * 8 / (img.width * img.height), 6),
+                     "metadata_bytes": meta, "width": img.width, "height": img.height, "notes": notes}
 
     sys.exit(run_jobs("encode", jobs, batch, work, force, quiet, json_report))
 
@@ -481,7 +489,7 @@ def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, chec
     """Decompress .scdc files (files, folders, or - for standard input) to images."""
     suffix = f".{fmt}" if fmt else ".png"
     jobs, batch = plan_jobs(inputs, output, recursive, (SCDC,), suffix, parse_shard(shard))
-    if batch and not jobs and shard is None and not quiet:
+    if batch and not jobs and shard is None:
         _nothing_found(inputs, f"{SCDC} files", recursive)
     try:
         codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
@@ -498,8 +506,15 @@ def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, chec
             target = {"jpg": "JPEG"}.get(fmt, (fmt or "png").upper())
         else:
             target = format_for(dst)
-        return encode_image(img, target), {"size": len(data), "bpp": round(len(data) * 8 / (img.width * img.height), 6),
-                                           "width": img.width, "height": img.height, "format": target}
+        meta = {k: img.info[n] for k, n in (("exif", "exif"), ("xmp", "xmp"), ("icc", "original_icc_profile"))
+                if n in img.info}
+        notes: list[str] = []
+        out = encode_image(img, target, metadata=meta, notes=notes)
+        if notes and not quiet and not batch:
+            _note("; ".join(notes))
+        return out, {"size": len(data), "bpp": round(len(data) * 8 / (img.width * img.height), 6),
+                     "width": img.width, "height": img.height, "format": target, "metadata": sorted(meta),
+                     "notes": notes}
 
     sys.exit(run_jobs("decode", jobs, batch, work, force, quiet, json_report))
 
@@ -524,10 +539,17 @@ def info(files, as_json):
         click.echo(json.dumps(out if len(files) > 1 else (out[0] if out else {}), indent=2))
     else:
         for d in out:
+            meta = ""
+            if d["metadata"]:
+                m = d["metadata"]
+                parts = [f"{k.upper()} {m[k]} B" for k in ("exif", "xmp", "icc") if k in m]
+                fields = ", ".join(f"{k} {v}" for k, v in (m.get("exif_fields") or {}).items())
+                meta = (f"; metadata {d['metadata_bytes']} B ({', '.join(parts)}"
+                        f"{'; ' + fields if fields else ''}{'; ICC ' + repr(m['icc_name']) if 'icc_name' in m else ''})")
             click.echo(f"{d['file']}: {d['width']}x{d['height']}{' grey' if d['greyscale'] else ''}, model {d['model']} "
-                       f"(weights {d['fingerprint']}), {d['bytes']} bytes = {d['bpp']:.4f} bpp, format {d['format_version']}, "
+                       f"(weights {d['fingerprint']}), {d['bytes']} bytes, image {d['bpp']:.4f} bpp, format {d['format_version']}, "
                        f"header {d['header_bytes']} B + colour {0 if d['color_mean'] is None else 2 * (len(d['color_mean']) * 2)} B"
-                       f"{'' if d['crc_ok'] else ', CRC MISMATCH (corrupt)'}")
+                       f"{meta}{'' if d['crc_ok'] else ', CRC MISMATCH (corrupt)'}")
     sys.exit(status)
 
 
@@ -591,6 +613,18 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (schedulers, kill) stops as cleanly as Ctrl-C
 
 
+def _usage_line(e: click.ClickException, argv: list[str]) -> str:
+    """A usage error in one line (click prints usage, a hint and the error on three)."""
+    msg = e.format_message().rstrip(".")
+    if isinstance(e, click.NoSuchOption):
+        name = e.option_name
+        if any(a.startswith(name) and Path(a).exists() for a in argv):
+            return f"{msg}; to name a file that starts with '-', write ./{next(a for a in argv if a.startswith(name))} or put -- before it"
+    if isinstance(e, click.UsageError) and e.ctx is not None:
+        return f"{msg} (see '{e.ctx.command_path} --help')"
+    return msg
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: exit statuses 0, 1, 2 and 130 (see the module docstring)."""
     try:
@@ -606,7 +640,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("stablecodec: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `stablecodec` or `stablecodec encode`: the help
+            e.show()
+        else:
+            click.echo(f"stablecodec: error: {_usage_line(e, sys.argv[1:] if argv is None else argv)}", err=True)
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -16,6 +16,7 @@ Layout (big-endian)::
     height - 1   varint
     symbol CRC   4   CRC32 of every decoded symbol, checked after entropy decoding
     colour       12  mu_R mu_G mu_B sigma_R sigma_G sigma_B as uint16 (4 if greyscale)
+    metadata     4+m if flag bit 2: uint32 length, then the section (``pack_metadata``)
     payload      n   one range-coder stream: z, then y steps 0..3 (``models/entropy.py``)
     CRC32        4   over every byte before it
 
@@ -38,7 +39,16 @@ VERSION_MINOR = 0
 READ_MAJORS = (1, 2)  # 1.x: means on the 2**-8 grid; 2.x: the float means (docs/bitstream.md)
 FLAG_COLOR = 0x01
 FLAG_GREY = 0x02
-_KNOWN_FLAGS = FLAG_COLOR | FLAG_GREY
+FLAG_METADATA = 0x04  # an optional metadata section (EXIF, XMP, ICC profile), format 2.0 on
+_KNOWN_FLAGS = {1: FLAG_COLOR | FLAG_GREY, 2: FLAG_COLOR | FLAG_GREY | FLAG_METADATA}
+
+# The metadata section: version, compression, then entries. Limits bound what a hostile
+# file can make the decoder allocate.
+METADATA_VERSION = 1
+_META_KINDS = {1: "exif", 2: "xmp", 3: "icc"}
+_META_CODES = {v: k for k, v in _META_KINDS.items()}
+MAX_METADATA_BYTES = 16 << 20  # compressed, in the file
+MAX_METADATA_EXPANDED = 64 << 20
 
 MAX_SIDE = 16384
 MAX_PIXELS = 1 << 27  # 134 Mpx, e.g. 16384 x 8192: beyond this nothing is allocated
@@ -59,6 +69,8 @@ class Header:
     color: tuple[int, ...] | None = None
     grey: bool = False
     version: tuple[int, int] = (VERSION_MAJOR, VERSION_MINOR)
+    metadata: dict[str, bytes] | None = None  # "exif", "xmp", "icc"; None or {}: no section
+    metadata_size: int = dataclasses.field(default=0, compare=False)  # bytes in the file (parsed files)
 
     def __post_init__(self) -> None:
         if not (0 <= self.model_code < 256):
@@ -73,8 +85,55 @@ class Header:
 
     @property
     def header_bytes(self) -> int:
-        """Bytes spent on everything but the payload and the colour statistics."""
+        """Bytes spent on everything but the payload, the colour statistics and the metadata."""
         return 2 + 1 + 1 + 1 + 2 + _varint_len(self.width - 1) + _varint_len(self.height - 1) + 4 + 4
+
+
+def pack_metadata(meta: dict[str, bytes]) -> bytes:
+    """The metadata section after its length field: version 1, compression 1 (zlib), then
+    the zlib stream of entries (kind byte: 1 EXIF, 2 XMP, 3 ICC; uint32 length; bytes)."""
+    body = bytearray()
+    for kind in ("exif", "xmp", "icc"):  # a fixed order: the same metadata makes the same bytes
+        if kind in meta:
+            data = bytes(meta[kind])
+            body.append(_META_CODES[kind])
+            body += len(data).to_bytes(4, "big") + data
+    packed = bytes([METADATA_VERSION, 1]) + zlib.compress(bytes(body), 9)
+    if len(packed) > MAX_METADATA_BYTES:
+        raise LimitError(f"metadata of {len(packed):,} bytes (compressed) exceed the format's limit of "
+                         f"{MAX_METADATA_BYTES >> 20} MB; use --metadata exif or none")
+    return packed
+
+
+def unpack_metadata(section: bytes) -> dict[str, bytes]:
+    """Parse a metadata section (``pack_metadata``); FormatError for anything malformed."""
+    if len(section) < 2:
+        raise FormatError("metadata section is truncated; the file is corrupt")
+    if section[0] != METADATA_VERSION:
+        raise FormatError(f"metadata section version {section[0]} is unknown to this stablecodec; upgrade stablecodec "
+                          "(or decode with --metadata none)")
+    if section[1] != 1:
+        raise FormatError(f"metadata section uses unknown compression {section[1]}; the file is corrupt")
+    d = zlib.decompressobj()
+    try:
+        body = d.decompress(section[2:], MAX_METADATA_EXPANDED)
+        if d.unconsumed_tail or not d.eof:
+            raise FormatError("metadata section is truncated or expands beyond "
+                              f"{MAX_METADATA_EXPANDED >> 20} MB; the file is corrupt")
+    except zlib.error:
+        raise FormatError("metadata section does not decompress; the file is corrupt") from None
+    out: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(body):
+        if pos + 5 > len(body):
+            raise FormatError("metadata section is truncated; the file is corrupt")
+        kind, n = body[pos], int.from_bytes(body[pos + 1 : pos + 5], "big")
+        pos += 5
+        if kind not in _META_KINDS or _META_KINDS[kind] in out or pos + n > len(body):
+            raise FormatError("metadata section is malformed; the file is corrupt")
+        out[_META_KINDS[kind]] = body[pos : pos + n]
+        pos += n
+    return out
 
 
 def check_size(width: int, height: int) -> None:
@@ -128,7 +187,11 @@ def pack(header: Header, payload: bytes) -> bytes:
     out = bytearray(MAGIC)
     major, minor = header.version
     out.append(major << 4 | minor)
+    meta = pack_metadata(header.metadata) if header.metadata else None
+    if meta is not None and major < 2:
+        raise ValueError("format 1.x has no metadata section")
     flags = (FLAG_COLOR if header.color is not None else 0) | (FLAG_GREY if header.grey else 0)
+    flags |= FLAG_METADATA if meta is not None else 0
     out.append(flags)
     out.append(header.model_code)
     out += header.fingerprint.to_bytes(2, "big")
@@ -138,6 +201,8 @@ def pack(header: Header, payload: bytes) -> bytes:
     if header.color is not None:
         for c in header.color:
             out += c.to_bytes(2, "big")
+    if meta is not None:
+        out += len(meta).to_bytes(4, "big") + meta
     out += payload
     out += zlib.crc32(out).to_bytes(4, "big")
     return bytes(out)
@@ -171,7 +236,7 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
     if end < 7:
         raise FormatError("file is truncated inside its header")
     flags = data[3]
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~_KNOWN_FLAGS[major]:
         raise FormatError(
             f"file uses features (flags 0x{flags:02x}) unknown to this stablecodec; upgrade stablecodec"
         )
@@ -190,6 +255,17 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
         color = tuple(int.from_bytes(data[pos + 2 * i : pos + 2 * i + 2], "big") for i in range(n_color))
         pos += 2 * n_color
     check_size(w1 + 1, h1 + 1)
+    metadata = None
+    if flags & FLAG_METADATA:
+        if pos + 4 > end:
+            raise FormatError("file is truncated inside its header")
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if n > MAX_METADATA_BYTES or pos + n > end:
+            raise FormatError("metadata section runs past the end of the file; the file is corrupt")
+        metadata = unpack_metadata(data[pos : pos + n])
+        pos += n
+    metadata_size = 4 + n if flags & FLAG_METADATA else 0
     header = Header(
         model_code=model_code,
         fingerprint=fingerprint,
@@ -199,6 +275,8 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
         color=color,
         grey=grey,
         version=(major, minor),
+        metadata=metadata,
+        metadata_size=metadata_size,
     )
     return header, pos, end
 

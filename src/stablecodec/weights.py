@@ -85,15 +85,33 @@ def header_fingerprint(hexdigest: str) -> int:
 
 def load_pickle(path: Path, what: str) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    import warnings
+
     _require_file(path, what)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise next to the verdict
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: refused to load {what} ({msg[:200]}); only plain tensor checkpoints are accepted") from None
+        raise WeightsError(f"{path}: refused to load {what}: {_unpickling_verdict(e)}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: {what} is not a dict of tensors")
     return obj
+
+
+def _unpickling_verdict(e: Exception) -> str:
+    """Why torch's safe unpickler refused a file, in our words (torch's advice to turn the
+    check off with weights_only=False is exactly what must not be done with such a file)."""
+    text = str(e)
+    m = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"it would run Python code ({m.group(1)}) when loaded, not only hold tensors; stablecodec reads only "
+                "plain tensor checkpoints and never runs a file's code")
+    if "Unsupported operand" in text or "Unsupported class" in text:
+        return ("it is not a plain tensor checkpoint (a pickle that weights-only loading cannot read); "
+                "stablecodec never runs a file's code")
+    first = next((ln for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln), type(e).__name__)
+    return f"not a readable PyTorch checkpoint ({first.strip()[:160]})"
 
 
 def _require_file(path: Path, what: str) -> None:
