@@ -318,15 +318,18 @@ class Codec:
 
     # -- coding --------------------------------------------------------------------------
 
-    def encode(self, image: ImageLike, *, notes: list[str] | None = None) -> bytes:
-        """Compress an image (path, bytes, PIL image, or float/uint8 array HxWxC) to ``.scdc`` bytes."""
+    def encode(self, image: ImageLike, *, notes: list[str] | None = None, model: str | None = None) -> bytes:
+        """Compress an image (path, bytes, PIL image, or float/uint8 array HxWxC) to ``.scdc`` bytes.
+
+        ``model``: another registry model than this codec's (loaded once and kept).
+        """
         import torch
 
         img = _as_loaded(image, self.alpha, self.metadata)
         if notes is not None:
             notes.extend(img.notes)
         container.check_size(img.width, img.height)
-        loaded = self.get_model()
+        loaded = self.get_model(model)
         stats = colorfix.statistics(img.pixels)  # from the full-precision original (16-bit stays 16-bit)
         x = torch.from_numpy(img.pixels).permute(2, 0, 1)[None]
         x = x.expand(1, 3, -1, -1).contiguous() if img.grey else x.contiguous()
@@ -345,6 +348,71 @@ class Codec:
                                   height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey,
                                   metadata=img.metadata or None)
         return container.pack(header, comp.payload)
+
+    def encode_to_size(self, image: ImageLike, max_bytes: int | None = None, *, max_bpp: float | None = None,
+                       family: str | None = None, notes: list[str] | None = None) -> "Fit":
+        """The highest-rate model whose file fits: ``max_bytes`` for the whole file, or
+        ``max_bpp`` for the image's rate (metadata not counted).
+
+        Candidates are the named models whose weights are present (of ``family`` if
+        given), ordered by their typical rate. The first encode is the model the typical
+        rates predict; each later one, the model predicted by this image's rate relative to
+        the typical ones so far, until a fitting model and the next one up are known: two
+        encodes when the prediction is right, one when the top model fits. Raises :class:`LimitError`
+        naming the smallest file when even the lowest rate does not fit.
+        """
+        if (max_bytes is None) == (max_bpp is None):
+            raise ConfigError("give a target size or a target bpp, one of them")
+        img = _as_loaded(image, self.alpha, self.metadata)
+        if notes is not None:
+            notes.extend(img.notes)
+        px = img.width * img.height
+        ladder = registry.rate_ladder(registry.weights_dir(self.weights_dir), family)
+        if not ladder:
+            raise WeightsError("no model's weights are present" + (f" for family {family}" if family else ""))
+
+        def size_of(data: bytes) -> float:
+            if max_bytes is not None:
+                return len(data)
+            return (len(data) - container.peek(data)[0].metadata_size) * 8 / px
+
+        limit = max_bytes if max_bytes is not None else max_bpp
+        tried: dict[int, tuple[bytes, float]] = {}
+
+        def fits(i: int) -> bool:
+            if i not in tried:
+                data = self.encode(img, model=ladder[i].name)
+                tried[i] = (data, size_of(data))
+            return tried[i][1] <= limit
+
+        budget_bpp = max_bpp if max_bpp is not None else max_bytes * 8 / px
+
+        def predicted(lo: int, hi: int, ratio: float) -> int | None:
+            """The highest model in (lo, hi) whose typical rate, scaled by what this image
+            showed so far, fits; None if none is predicted to."""
+            return max((i for i in range(lo + 1, hi) if ladder[i].bpp * ratio <= budget_bpp), default=None)
+
+        lo, hi = -1, len(ladder)  # ladder[lo] fits, ladder[hi] does not (sentinels)
+        probe = predicted(lo, hi, 1.0)
+        probe = 0 if probe is None else probe
+        while True:
+            ok = fits(probe)
+            lo, hi = (probe, hi) if ok else (lo, probe)
+            if hi - lo <= 1:
+                break
+            # This image's rate relative to the typical one predicts the answer; a fitting
+            # model and the next one up that does not fit settle it (two encodes at best).
+            rate = tried[probe][1] if max_bpp is not None else tried[probe][1] * 8 / px
+            nxt = predicted(lo, hi, rate / ladder[probe].bpp)
+            probe = nxt if nxt is not None else (lo + 1 if ok else hi - 1)
+        if lo < 0:
+            smallest = min(tried.items(), key=lambda kv: kv[1][1])
+            m = ladder[smallest[0]]
+            got = (f"{smallest[1][1]:,.0f} bytes" if max_bytes is not None else f"{smallest[1][1]:.4f} bpp")
+            want = f"{max_bytes:,} bytes" if max_bytes is not None else f"{max_bpp:g} bpp"
+            raise LimitError(f"no model fits {want}: the smallest file is {got} (model {m.name}); "
+                             "raise the target or downscale the image")
+        return Fit(tried[lo][0], ladder[lo].name, [(ladder[i].name, v[1]) for i, v in sorted(tried.items())])
 
     def decode(self, data: bytes) -> "PIL.Image.Image":
         """``.scdc`` bytes -> PIL image (8-bit sRGB, or L for a greyscale original).
@@ -384,6 +452,15 @@ class Codec:
         if self.color_fix and header.color is not None:
             pix = colorfix.apply(pix, header.color)
         return np.clip(pix, 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class Fit:
+    """What :meth:`Codec.encode_to_size` chose: the file, its model, and every (model, size) tried."""
+
+    data: bytes
+    model: str
+    tried: list[tuple[str, float]]
 
 
 def _as_loaded(image: ImageLike, alpha: str, metadata: str = "none") -> imageio.LoadedImage:

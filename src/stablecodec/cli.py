@@ -205,6 +205,24 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, recursive: bool, exts
     return [(src, dst) for src, dst, rel in jobs if in_shard(rel, shard)], True
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6, "MIB": 1 << 20}
+
+
+def parse_bytes(text: str) -> int:
+    """A file size for ``--target-size``: "2048", "2KB" or "2kB" (2000), "2KiB" (2048), "1.5MB"."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _BYTE_UNITS:
+        raise click.BadParameter(f"cannot read {text!r}; write e.g. 2048, 2KB (2000 bytes) or 2KiB (2048 bytes)",
+                                 param_hint="--target-size")
+    n = int(float(m.group(1)) * _BYTE_UNITS[unit])
+    if n < 1:
+        raise click.BadParameter(f"must be at least 1 byte, got {text!r}", param_hint="--target-size")
+    return n
+
+
 def pick_model(bpp: float, weights_dir: str | os.PathLike | None = None) -> str:
     """The name of the model closest to ``bpp`` among those whose weights are present."""
     from . import registry
@@ -430,18 +448,29 @@ def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
 @click.option("--output", "-o", help="Output file, folder (several inputs) or - for standard output.")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), metavar="TARGET",
               help="Pick the model closest to this bit rate among those whose weights are present.")
+@click.option("--target-size", metavar="SIZE",
+              help="Largest file, e.g. 2KB (2000 bytes), 2KiB or 2048: the highest-rate model present whose file fits.")
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), metavar="BPP",
+              help="Largest rate of the image (metadata not counted): the highest-rate model present that fits.")
+@click.option("--family", metavar="NAME", help="With --target-size/--target-bpp: consider only this model family.")
 @click.option("--alpha", type=click.Choice(["refuse", "drop"]), default="refuse", show_default=True,
               help="What to do with an alpha channel.")
 @click.option("--metadata", type=click.Choice(["none", "exif", "all"]), default="none", show_default=True,
               help="Keep EXIF (upright, no thumbnail), or EXIF, XMP and the ICC profile, in the file for decode to write back.")
 @model_options
-def encode(inputs, output, bpp, alpha, metadata, model, weights_dir, sd_turbo, checkpoint, elic, device, precision,
-           max_memory, force, recursive, shard, json_report, quiet, compile_):
+def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata, model, weights_dir, sd_turbo,
+           checkpoint, elic, device, precision, max_memory, force, recursive, shard, json_report, quiet, compile_):
     """Compress images (files, folders, or - for standard input) to .scdc."""
-    if model and bpp:
-        raise click.UsageError("give either --model or --bpp, not both")
-    if bpp and (sd_turbo or checkpoint or elic):
-        raise click.UsageError("--bpp picks a named model; with --sd-turbo/--checkpoint/--elic the files give the model")
+    choosers = [n for n, v in (("--model", model), ("--bpp", bpp), ("--target-size", target_size),
+                               ("--target-bpp", target_bpp)) if v]
+    if len(choosers) > 1:
+        raise click.UsageError(f"give one of {', '.join(choosers)}, not several: each picks the model")
+    if choosers and choosers[0] != "--model" and (sd_turbo or checkpoint or elic):
+        raise click.UsageError(f"{choosers[0]} picks a named model; with --sd-turbo/--checkpoint/--elic the files "
+                               "give the model")
+    if family and not (target_size or target_bpp):
+        raise click.UsageError("--family goes with --target-size or --target-bpp")
+    max_bytes = parse_bytes(target_size) if target_size else None
     jobs, batch = plan_jobs(inputs, output, recursive, IMAGE_EXTENSIONS, SCDC, parse_shard(shard))
     if batch and not jobs and shard is None:
         _nothing_found(inputs, "images (" + ", ".join(IMAGE_EXTENSIONS) + ")", recursive)
@@ -454,25 +483,40 @@ def encode(inputs, output, bpp, alpha, metadata, model, weights_dir, sd_turbo, c
                 _note(f"--bpp {bpp:g}: model {model} (typically {registry.get(model).bpp:g} bpp)")
         codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
                        alpha=alpha, metadata=metadata, quiet=quiet, compile_=compile_)
-        if batch and any(force or not Path(dst).exists() for _, dst in jobs):
+        if target_size or target_bpp:
+            from . import registry
+
+            if family:
+                registry.family(family)
+            if not registry.rate_ladder(registry.weights_dir(weights_dir), family):
+                raise StableCodecError("no model's weights are present" + (f" for family {family}" if family else "")
+                                       + "; see `stablecodec models`")
+        elif batch and any(force or not Path(dst).exists() for _, dst in jobs):
             codec.get_model()  # once, before the loop: missing weights fail once, not per file
     except StableCodecError as e:
         _fail(str(e))
         sys.exit(1)
 
     def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
-        from .imageio import load
-
         from .container import peek
+        from .imageio import load
 
         notes: list[str] = []
         img = load(data, alpha=alpha, name="standard input" if src == "-" else src, metadata=metadata)
-        out = codec.encode(img, notes=notes)
+        extra: dict[str, Any] = {}
+        if target_size or target_bpp:
+            fit = codec.encode_to_size(img, max_bytes, max_bpp=target_bpp, family=family, notes=notes)
+            out = fit.data
+            target = f"{max_bytes:,} bytes" if max_bytes else f"{target_bpp:g} bpp"
+            notes.append(f"target {target}: model {fit.model} ({len(out):,} bytes; {len(fit.tried)} encode{'s' * (len(fit.tried) > 1)})")
+            extra = {"model": fit.model, "tried": [{"model": m, "size": v} for m, v in fit.tried]}
+        else:
+            out = codec.encode(img, notes=notes)
         if notes and not quiet and not batch:
             _note("; ".join(notes))
         meta = peek(out)[0].metadata_size
         return out, {"size": len(out), "bpp": round((len(out) - meta) * 8 / (img.width * img.height), 6),
-                     "metadata_bytes": meta, "width": img.width, "height": img.height, "notes": notes}
+                     "metadata_bytes": meta, "width": img.width, "height": img.height, "notes": notes, **extra}
 
     sys.exit(run_jobs("encode", jobs, batch, work, force, quiet, json_report))
 

@@ -102,6 +102,20 @@ def closest(bpp: float, family: str | None = None, weights: Path | None = None) 
     return min(pool, key=lambda m: abs(math.log(m.bpp / bpp)))
 
 
+def family(name: str) -> str:
+    """A model family's name, checked."""
+    names = sorted({m.family for m in MODELS})
+    if name not in names:
+        raise ConfigError(f"unknown model family {name!r}; known families: {', '.join(names)}")
+    return name
+
+
+def rate_ladder(weights: Path, family: str | None = None) -> list[ModelSpec]:
+    """Named models whose weights are present (of ``family``), by typical rate, lowest first."""
+    pool = [m for m in MODELS if m.name != "base" and (family is None or m.family == family)]
+    return sorted((m for m in pool if locate(m, Path(weights)).present), key=lambda m: m.bpp)
+
+
 def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
     """--weights-dir, else $STABLECODEC_HOME, else the platform's user data directory."""
     if explicit:
