@@ -147,7 +147,8 @@ def _one_line(p, status):
 def test_some_but_not_all_weight_files_is_one_line(tmp_path):
     p = _cli("decode", tmp_path / "f.scdc", "--checkpoint", tmp_path / "x.pkl", "-o", tmp_path / "o.png")
     line = _one_line(p, 1)
-    assert "--sd-turbo, --checkpoint and --elic must be given together (got only --checkpoint)" in line
+    assert "--sd-turbo, --checkpoint and --elic (stablecodec) or --sd-turbo, --checkpoint and --half-decoder " \
+           "(aeic) must be given together (got only --checkpoint)" in line
     assert "internal error" not in line
 
 

@@ -44,7 +44,8 @@ class Loaded:
     name: str
     code: int
     fingerprint: str  # hex
-    model: Any  # LiteModel | StableCodecModel
+    model: Any  # a models.contract.CodecModel
+    family: registry.Family
 
     @property
     def header_fingerprint(self) -> int:
@@ -82,7 +83,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str, family: str) -> str:
+def resolve_precision(precision: str, device: str, family: registry.Family) -> str:
     import torch
 
     if precision not in PRECISIONS:
@@ -93,8 +94,8 @@ def resolve_precision(precision: str, device: str, family: str) -> str:
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # The default model is small and bandwidth-bound: float32 is as fast and exact on CPU.
-    return "bf16" if family == "stablecodec" and cpu_has_bf16() else "fp32"
+    # Small, bandwidth-bound models (the default one) are as fast and exact in float32 on CPU.
+    return "bf16" if family.cpu_reduced_precision and cpu_has_bf16() else "fp32"
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -107,72 +108,39 @@ def place(model, device: str, precision: str) -> None:
     model.place(device, getattr(torch, _DTYPES[precision]))
 
 
-def load(name: str | None = None, *, weights_dir: PathLike | None = None, sd_turbo: PathLike | None = None,
-         checkpoint: PathLike | None = None, elic: PathLike | None = None) -> Loaded:
-    """Load a model by registry name, or from explicit released files (CPU, float32)."""
+def load(name: str | None = None, *, weights_dir: PathLike | None = None, **files: PathLike | None) -> Loaded:
+    """Load a model by registry name, or from explicit released files (CPU, float32).
+
+    ``files``: a family's explicit files (``sd_turbo``, ``checkpoint`` and ``elic`` or
+    ``half_decoder``); the family follows from which are given."""
     from . import weights
 
-    explicit = [p for p in (sd_turbo, checkpoint, elic) if p is not None]
-    if explicit:
-        if len(explicit) != 3:
-            raise ConfigError("--sd-turbo, --checkpoint and --elic must be given together")
-        spec = registry.get(name) if name else _spec_from_checkpoint(Path(checkpoint))
-        model, fp = weights.load_released(Path(sd_turbo), Path(checkpoint), Path(elic))
-        if spec is not None and spec.family != "stablecodec":
-            raise ConfigError(f"--model {spec.name} is not a StableCodec model; drop --model or the weight files")
-        return Loaded(spec.name if spec else "custom", spec.code if spec else registry.CUSTOM_CODE, fp, model)
+    if any(v is not None for v in files.values()):
+        rec, model, fp = weights.load_explicit(files)
+        spec = registry.get(name) if name else _spec_from_checkpoint(rec, Path(files["checkpoint"]))
+        if spec is not None and spec.family != rec.name:
+            raise ConfigError(f"--model {spec.name} is not a {rec.name} model; drop --model or the weight files")
+        return Loaded(spec.name if spec else "custom", spec.code if spec else registry.CUSTOM_CODE, fp, model, rec)
     spec = registry.get(name or registry.default_name())
     where = registry.locate(spec, registry.weights_dir(weights_dir))
     if not where.present:
-        raise WeightsError(f"weights of model {spec.name} not found: {where.where}; "
-                           "put them there or pass --weights-dir (or --sd-turbo, --checkpoint and --elic)")
-    path = Path(where.where)
-    if spec.family == "lite":
-        from .models.lite import LiteModel
-
-        net, fp, meta = weights.load_lite(path)
-        rates = [r["name"] for r in __import__("json").loads(meta["rates"])]
-        if spec.name not in rates:
-            raise WeightsError(f"{path} has no rate point {spec.name} (it has {', '.join(rates)})")
-        return Loaded(spec.name, spec.code, fp, LiteModel(net, rates.index(spec.name)))
-    if path.suffix == ".safetensors":
-        model, fp, _ = weights.load_converted(path)
-    else:
-        d = path.parent
-        model, fp = weights.load_released(d / registry.SD_TURBO_DIR, path, d / registry.ELIC_FILE)
-    return Loaded(spec.name, spec.code, fp, model)
+        raise WeightsError(f"weights of model {spec.name} not found: {where.where}; put them there or pass "
+                           f"--weights-dir{' (or ' + spec.record.explicit_flags + ')' if spec.record.explicit else ''}")
+    model, fp = weights.load(spec, Path(where.where))
+    return Loaded(spec.name, spec.code, fp, model, spec.record)
 
 
-def _spec_from_checkpoint(path: Path):
-    stem = path.stem
-    if stem.startswith("stablecodec_"):
-        try:
-            return registry.get(stem[len("stablecodec_"):])
-        except ConfigError:
-            return None
-    return None
+def _spec_from_checkpoint(family: registry.Family, path: Path):
+    from . import weights
+
+    name = weights.loader(family).name_from_checkpoint(path)
+    try:
+        return registry.get(name) if name else None
+    except ConfigError:
+        return None
 
 
-def pad_to_multiple(x, multiple: int):
-    """Reflect-pad (N, C, H, W) on the bottom/right to multiples of ``multiple``.
-
-    Reflection needs the pad to be smaller than the side, so tiny images are reflected
-    repeatedly (a 1-pixel side is replicated).
-    """
-    import torch.nn.functional as F
-
-    h, w = x.shape[2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    while ph or pw:
-        sh = min(ph, x.shape[2] - 1)
-        sw = min(pw, x.shape[3] - 1)
-        if sh == 0 and sw == 0:
-            x = F.pad(x, (0, min(pw, 1), 0, min(ph, 1)), mode="replicate")
-            ph, pw = max(ph - 1, 0), max(pw - 1, 0)
-            continue
-        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
-        ph, pw = ph - sh, pw - sw
-    return x
+pad_to_multiple = tiling.pad_to_multiple  # where it lived before it was shared with the models
 
 
 class Codec:
@@ -187,7 +155,7 @@ class Codec:
 
     def __init__(self, model: str | None = None, *, bpp: float | None = None, weights_dir: PathLike | None = None,
                  sd_turbo: PathLike | None = None, checkpoint: PathLike | None = None, elic: PathLike | None = None,
-                 device: str = "auto", precision: str = "auto",
+                 half_decoder: PathLike | None = None, device: str = "auto", precision: str = "auto",
                  color_fix: bool = True, alpha: str = "refuse", metadata: str = "none",
                  max_memory: str | int | None = None,
                  progress: bool | Callable | None = None, tile_plan: "tiling.MemoryPlan | None" = None,
@@ -195,7 +163,7 @@ class Codec:
         if model is not None and bpp is not None:
             raise ConfigError("give either a model name or a target bpp, not both")
         if bpp is not None:
-            if sd_turbo or checkpoint or elic:
+            if sd_turbo or checkpoint or elic or half_decoder:
                 raise ConfigError("a target bpp picks a named model; it cannot be combined with explicit weight files")
             model = registry.closest(bpp, weights=registry.weights_dir(weights_dir)).name
         if model is not None:
@@ -207,11 +175,12 @@ class Codec:
         self.metadata = metadata
         self.model_name = model
         self.weights_dir = weights_dir
-        self._explicit = dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic)
-        given = [k for k, v in self._explicit.items() if v is not None]
-        if given and len(given) != len(self._explicit):
-            raise ConfigError("--sd-turbo, --checkpoint and --elic must be given together "
-                              f"(got only {', '.join('--' + k.replace('_', '-') for k in given)})")
+        self._explicit = dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic, half_decoder=half_decoder)
+        self._explicit_family = None
+        if self._explicit_given():
+            from .weights import explicit_family
+
+            self._explicit_family = explicit_family(self._explicit)  # ConfigError naming what is missing
         self._device_arg, self._precision_arg = device, precision
         resolve_device(device)  # validate early
         if precision not in PRECISIONS:
@@ -242,8 +211,7 @@ class Codec:
             else:
                 loaded = load(key, weights_dir=self.weights_dir)
             device = resolve_device(self._device_arg)
-            family = "lite" if loaded.name.startswith("lite") else "stablecodec"
-            place(loaded.model, device, resolve_precision(self._precision_arg, device, family))
+            place(loaded.model, device, resolve_precision(self._precision_arg, device, loaded.family))
             if self.compile and hasattr(loaded.model, "enable_compile"):
                 loaded.model.enable_compile()
             self._models[key] = loaded
@@ -259,8 +227,7 @@ class Codec:
         from .weights import estimate_weight_bytes
 
         if self._explicit_given():
-            enc, _ = estimate_weight_bytes(checkpoint=self._explicit["checkpoint"], sd_turbo=self._explicit["sd_turbo"],
-                                           elic=self._explicit["elic"])
+            enc, _ = estimate_weight_bytes(files=self._explicit)
         else:
             enc, _ = estimate_weight_bytes(spec=registry.get(key), weights_dir=registry.weights_dir(self.weights_dir))
         if tiling.RUNTIME + enc > 0.9 * self.budget:
@@ -274,14 +241,7 @@ class Codec:
             model.plan, model.last_plan = self.tile_plan, self.tile_plan.describe() + " (given)"
             return
         try:
-            if hasattr(model, "denoiser_loaded"):
-                plan = tiling.plan_stablecodec(height, width, budget=self.budget, dtype_bytes=model.dtype.itemsize,
-                                               weights_encode=model.resident_bytes(False),
-                                               weights_decode=model.resident_bytes(True),
-                                               widths=model.activation_widths())
-            else:
-                plan = tiling.plan_lite(height, width, budget=self.budget,
-                                        weights=sum(p.numel() * p.element_size() for p in model.parameters()))
+            plan = model.plan_memory(height, width, self.budget)
         except ValueError as e:
             raise LimitError(str(e)) from None
         model.plan = plan
@@ -304,7 +264,8 @@ class Codec:
         elif spec is None:
             raise WeightsError(
                 f"file was made with custom weights (model code 0x{h.model_code:02x}, fingerprint {h.fingerprint:04x}); "
-                "decode it with the same --sd-turbo, --checkpoint and --elic"
+                "decode it with the same weight files (" + " or ".join(
+                    f.explicit_flags for f in registry.FAMILIES.values() if f.explicit) + ")"
             )
         else:
             loaded = self.get_model(spec.name)
@@ -449,7 +410,7 @@ class Codec:
         pix = x[0, :, : header.height, : header.width].permute(1, 2, 0).cpu().numpy().astype(np.float32)
         if header.grey:
             pix = (pix @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-        if self.color_fix and header.color is not None:
+        if self.color_fix and header.color is not None and header.width * header.height > loaded.family.color_fix_min_pixels:
             pix = colorfix.apply(pix, header.color)
         return np.clip(pix, 0.0, 1.0)
 

@@ -238,9 +238,10 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--model", "-m", metavar="NAME", help="Model name (see `stablecodec models`); default: lite-3 or $STABLECODEC_MODEL."),
         click.option("--weights-dir", type=click.Path(file_okay=False), help="Folder of model weights (default: $STABLECODEC_HOME, else the user data dir)."),
-        click.option("--sd-turbo", type=click.Path(), help="SD-Turbo folder (diffusers layout), with --checkpoint and --elic."),
-        click.option("--checkpoint", type=click.Path(), help="stablecodec_ft*.pkl, with --sd-turbo and --elic."),
-        click.option("--elic", type=click.Path(), help="elic_official.pth, with --sd-turbo and --checkpoint."),
+        click.option("--sd-turbo", type=click.Path(), help="SD-Turbo folder (diffusers layout), with --checkpoint and --elic or --half-decoder."),
+        click.option("--checkpoint", type=click.Path(), help="stablecodec_ft*.pkl (with --elic) or AEIC_*_ft*.pkl (with --half-decoder)."),
+        click.option("--elic", type=click.Path(), help="elic_official.pth, for a StableCodec checkpoint."),
+        click.option("--half-decoder", type=click.Path(), help="AdcSR's halfDecoder.ckpt, for an AEIC checkpoint."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
                      help="auto: fp16/bf16 on CUDA, bf16 on CPUs with native bf16 (StableCodec models), else fp32."),
@@ -258,14 +259,18 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _codec(model: str | None = None, bpp: float | None = None, weights_dir: str | None = None,
-           sd_turbo: str | None = None, checkpoint: str | None = None, elic: str | None = None, device: str = "auto",
+           files: dict[str, str | None] | None = None, device: str = "auto",
            precision: str = "auto", max_memory: str | None = None, color_fix: bool = True, alpha: str = "refuse",
            metadata: str = "none", quiet: bool = False, compile_: bool = False) -> Codec:
     from .api import Codec
 
-    return Codec(model, bpp=bpp, weights_dir=weights_dir, sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic,
-                 device=device, precision=precision, max_memory=max_memory, color_fix=color_fix, alpha=alpha,
-                 metadata=metadata, progress=None if quiet else _tty(), compile=compile_)
+    return Codec(model, bpp=bpp, weights_dir=weights_dir, **(files or {}), device=device, precision=precision,
+                 max_memory=max_memory, color_fix=color_fix, alpha=alpha, metadata=metadata,
+                 progress=None if quiet else _tty(), compile=compile_)
+
+
+def _files(sd_turbo, checkpoint, elic, half_decoder) -> dict[str, str | None]:
+    return dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic, half_decoder=half_decoder)
 
 
 def _tty() -> bool:
@@ -459,15 +464,17 @@ def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
               help="Keep EXIF (upright, no thumbnail), or EXIF, XMP and the ICC profile, in the file for decode to write back.")
 @model_options
 def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata, model, weights_dir, sd_turbo,
-           checkpoint, elic, device, precision, max_memory, force, recursive, shard, json_report, quiet, compile_):
+           checkpoint, elic, half_decoder, device, precision, max_memory, force, recursive, shard, json_report, quiet,
+           compile_):
     """Compress images (files, folders, or - for standard input) to .scdc."""
     choosers = [n for n, v in (("--model", model), ("--bpp", bpp), ("--target-size", target_size),
                                ("--target-bpp", target_bpp)) if v]
     if len(choosers) > 1:
         raise click.UsageError(f"give one of {', '.join(choosers)}, not several: each picks the model")
-    if choosers and choosers[0] != "--model" and (sd_turbo or checkpoint or elic):
-        raise click.UsageError(f"{choosers[0]} picks a named model; with --sd-turbo/--checkpoint/--elic the files "
-                               "give the model")
+    files = _files(sd_turbo, checkpoint, elic, half_decoder)
+    if choosers and choosers[0] != "--model" and any(files.values()):
+        raise click.UsageError(f"{choosers[0]} picks a named model; with --sd-turbo/--checkpoint/--elic/--half-decoder "
+                               "the files give the model")
     if family and not (target_size or target_bpp):
         raise click.UsageError("--family goes with --target-size or --target-bpp")
     max_bytes = parse_bytes(target_size) if target_size else None
@@ -481,7 +488,7 @@ def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata
                 from . import registry
 
                 _note(f"--bpp {bpp:g}: model {model} (typically {registry.get(model).bpp:g} bpp)")
-        codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
+        codec = _codec(model, None, weights_dir, files, device, precision, max_memory,
                        alpha=alpha, metadata=metadata, quiet=quiet, compile_=compile_)
         if target_size or target_bpp:
             from . import registry
@@ -528,16 +535,16 @@ def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "tiff", "bmp"]),
               help="Output format for folders, - and output names without an extension (default: png).")
 @model_options
-def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, checkpoint, elic, device, precision,
-           max_memory, force, recursive, shard, json_report, quiet, compile_):
+def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, checkpoint, elic, half_decoder, device,
+           precision, max_memory, force, recursive, shard, json_report, quiet, compile_):
     """Decompress .scdc files (files, folders, or - for standard input) to images."""
     suffix = f".{fmt}" if fmt else ".png"
     jobs, batch = plan_jobs(inputs, output, recursive, (SCDC,), suffix, parse_shard(shard))
     if batch and not jobs and shard is None:
         _nothing_found(inputs, f"{SCDC} files", recursive)
     try:
-        codec = _codec(model, None, weights_dir, sd_turbo, checkpoint, elic, device, precision, max_memory,
-                       color_fix=not no_color_fix, quiet=quiet, compile_=compile_)
+        codec = _codec(model, None, weights_dir, _files(sd_turbo, checkpoint, elic, half_decoder), device, precision,
+                       max_memory, color_fix=not no_color_fix, quiet=quiet, compile_=compile_)
     except StableCodecError as e:
         _fail(str(e))
         sys.exit(1)
@@ -622,28 +629,47 @@ def models(weights_dir, as_json):
 
 
 @cli.command()
-@click.option("--sd-turbo", type=click.Path(), required=True, help="SD-Turbo folder (diffusers layout).")
-@click.option("--checkpoint", type=click.Path(), required=True, help="stablecodec_ft*.pkl")
-@click.option("--elic", type=click.Path(), required=True, help="elic_official.pth")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output file (default: stablecodec-<name>.safetensors in the weights dir).")
+@click.option("--sd-turbo", type=click.Path(), help="SD-Turbo folder (diffusers layout).")
+@click.option("--checkpoint", type=click.Path(), help="stablecodec_ft*.pkl or AEIC_*_ft*.pkl")
+@click.option("--elic", type=click.Path(), help="elic_official.pth (StableCodec)")
+@click.option("--half-decoder", type=click.Path(), help="halfDecoder.ckpt (AEIC); alone: extract its tensors safely")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output file (default: <model>.safetensors in the weights dir).")
 @click.option("--name", help="Registry name (default: from the checkpoint's file name).")
 @click.option("--weights-dir", type=click.Path(file_okay=False))
 @click.option("--force", "-f", is_flag=True)
-def convert(sd_turbo, checkpoint, elic, output, name, weights_dir, force):
-    """Turn the released files into one safetensors file (LoRA merged, tables and prompt stored)."""
-    from . import registry
-    from .weights import convert as do_convert
+def convert(sd_turbo, checkpoint, elic, half_decoder, output, name, weights_dir, force):
+    """Turn a model's released files into one safetensors file (LoRA merged, tables stored).
 
-    if name is None:
-        stem = Path(checkpoint).stem
-        name = stem.removeprefix("stablecodec_")
+    \b
+      stablecodec convert --sd-turbo sd-turbo --checkpoint stablecodec_ft8.pkl --elic elic_official.pth
+      stablecodec convert --sd-turbo sd-turbo --checkpoint AEIC_SE_ft8.pkl --half-decoder halfDecoder.ckpt
+      stablecodec convert --half-decoder halfDecoder.ckpt   # only its tensors, no code from the file
+    """
+    from . import registry, weights
+
+    files = _files(sd_turbo, checkpoint, elic, half_decoder)
     try:
+        if half_decoder and not (sd_turbo or checkpoint or elic):
+            out = Path(output) if output else None
+            if out is not None and out.exists() and not force:
+                raise Failure(f"{out} exists; use --force to overwrite")
+            written = weights.loader("aeic").convert_half_decoder(Path(half_decoder), out)
+            click.echo(f"wrote {written} (the halfDecoder's tensors; no code of the checkpoint was run)")
+            return
+        rec = weights.explicit_family(files)
+        if name is None:
+            name = weights.loader(rec).name_from_checkpoint(Path(checkpoint))
+            if name is None:
+                raise Failure(f"cannot tell the model from the file name {Path(checkpoint).name}; give --name "
+                              f"(one of {', '.join(m.name for m in registry.MODELS if m.family == rec.name)})")
         spec = registry.get(name)
+        if spec.family != rec.name:
+            raise Failure(f"--name {name} is a {spec.family} model, the files are {rec.name}'s")
         out = Path(output) if output else registry.weights_dir(weights_dir) / spec.converted
         if out.exists() and not force:
             raise Failure(f"{out} exists; use --force to overwrite")
         out.parent.mkdir(parents=True, exist_ok=True)
-        fp = do_convert(Path(sd_turbo), Path(checkpoint), Path(elic), out, spec.name)
+        fp = weights.convert_model(spec, files, out)
     except (StableCodecError, Failure) as e:
         _fail(str(e))
         sys.exit(1)

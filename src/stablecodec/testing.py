@@ -164,3 +164,98 @@ def write_released(folder: Path, arch: Arch, name: str = "ft8", seed: int = 0, w
     elic_sd["g_s.0.weight"] = torch.zeros(1)  # the official file holds the whole ELIC model
     torch.save(elic_sd, folder / "elic_official.pth")
     return {"sd_turbo": sd, "checkpoint": ckpt, "elic": folder / "elic_official.pth"}
+
+
+# ---------------------------------------------------------------------------------------
+# AEIC in its released layouts (``../shared/reference/aeic-network.md``)
+
+
+@dataclasses.dataclass
+class AEICArch:
+    codec: "object"  # models.aeic.AEICConfig
+    unet: dict
+    half_decoder: tuple[int, ...]  # block_out_channels
+    unet_rank: int = 32
+
+
+def aeic_full(variant: str = "SE") -> AEICArch:
+    from .models import aeic
+
+    return AEICArch(codec=aeic.se() if variant == "SE" else aeic.me(), unet=full().unet,
+                    half_decoder=(64, 128, 256, 256))
+
+
+def aeic_tiny(variant: str = "SE") -> AEICArch:
+    from .models.aeic import AEICConfig
+
+    blocks, depth = (1, 1) if variant == "SE" else (2, 1)
+    cfg = AEICConfig(variant, (8, 16, 16, 32, 32), blocks=blocks, context=32, context_depth=depth,
+                     synthesis=(32, 32, 32), unet_in=16, decoder_in=8)
+    unet = dict(tiny().unet, layers_per_block=2)
+    return AEICArch(codec=cfg, unet=unet, half_decoder=(32, 32, 32, 32), unet_rank=4)
+
+
+AEIC_UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "proj_in",
+                          "proj_out", "ff.net.2", "ff.net.0.proj"]
+
+
+def aeic_codec_state(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random AEIC ``state_dict_codec`` as released: CompressAI-1.2.6 names for the
+    factorized prior, empty CDF buffers, moderate weights (y of unit scale on images)."""
+    from .models.aeic import AEICCodec, Synthesis
+
+    torch.manual_seed(seed)
+    codec, g_s = AEICCodec(cfg), Synthesis(cfg)
+    with torch.no_grad():
+        codec.entropy_bottleneck.quantiles.copy_(torch.tensor([-8.0, 0.0, 8.0]).expand_as(codec.entropy_bottleneck.quantiles))
+        for i in range(4):  # positive scales around 1: every element coded, none skipped
+            codec.adapter_out[i].branch2.bias[cfg.M:] += 1.0
+    sd = {**{k: v.clone() for k, v in codec.state_dict().items()},
+          **{f"g_s.{k}": v.clone() for k, v in g_s.state_dict().items()}}
+    out = {}
+    for k, v in sd.items():
+        for new, old in (("matrices.", "_matrix"), ("biases.", "_bias"), ("factors.", "_factor")):
+            if k.startswith(f"entropy_bottleneck.{new}"):
+                k = f"entropy_bottleneck.{old}{k.split('.')[-1]}"
+        out[k] = v
+    return out
+
+
+def write_released_aeic(folder: Path, arch: AEICArch, name: str | None = None, seed: int = 0,
+                        spelling: str = "plain") -> dict[str, Path]:
+    """Write sd-turbo/unet, AEIC_<V>_ft8.pkl (or ``name``) and halfDecoder.ckpt into ``folder``.
+
+    ``spelling``: "plain" (``...lora_A.default...``, ``conv_in``) or "student" (the
+    distillation names ``student_unet_lora``, ``student_conv_in``)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.autoencoders.vae import Decoder
+
+    from .models.denoiser import prune
+    from .weights.aeic import HALF_DECODER_CONFIG
+
+    folder = Path(folder)
+    cfg = arch.codec
+    sd = folder / "sd-turbo"
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**arch.unet)
+    unet.save_pretrained(sd / "unet")
+    (sd / "scheduler").mkdir(parents=True, exist_ok=True)
+    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
+    prune(unet)
+    c0 = arch.unet["block_out_channels"][0]
+    g = torch.Generator().manual_seed(seed + 1)
+    unet_state = _lora_tensors(unet, AEIC_UNET_LORA_TARGETS, arch.unet_rank, "default", seed + 2)
+    unet_state["conv_in.weight"] = torch.randn(c0, cfg.unet_in, 3, 3, generator=g) * (1.0 / (cfg.unet_in * 9) ** 0.5)
+    unet_state["conv_in.bias"] = torch.zeros(c0)
+    unet_state["conv_out.weight"] = torch.randn(cfg.decoder_in, c0, 3, 3, generator=g) * (0.5 / (c0 * 9) ** 0.5)
+    unet_state["conv_out.bias"] = torch.zeros(cfg.decoder_in)
+    if spelling == "student":
+        unet_state = {("student_" + k if k.startswith(("conv_in.", "conv_out.")) else k.replace(".default.", ".student_unet_lora.")): v
+                      for k, v in unet_state.items()}
+    del unet
+    ckpt = folder / (name or f"AEIC_{cfg.variant}_ft8.pkl")
+    torch.save({"state_dict_codec": aeic_codec_state(cfg, seed + 3), "state_dict_unet": unet_state}, ckpt)
+    torch.manual_seed(seed + 4)
+    dec = Decoder(**dict(HALF_DECODER_CONFIG, block_out_channels=arch.half_decoder))
+    torch.save({"state_dict": {f"decoder.{k}": v for k, v in dec.state_dict().items()}}, folder / "halfDecoder.ckpt")
+    return {"sd_turbo": sd, "checkpoint": ckpt, "half_decoder": folder / "halfDecoder.ckpt"}

@@ -125,6 +125,28 @@ def run_windows(fn, x, tile: int, halo: int, up: int = 1, down: int = 1, progres
     return out
 
 
+def pad_to_multiple(x, multiple: int):
+    """Reflect-pad (N, C, H, W) on the bottom/right to multiples of ``multiple``.
+
+    Reflection needs the pad to be smaller than the side, so tiny images are reflected
+    repeatedly (a 1-pixel side is replicated).
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    h, w = x.shape[2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    while ph or pw:
+        sh = min(ph, x.shape[2] - 1)
+        sw = min(pw, x.shape[3] - 1)
+        if sh == 0 and sw == 0:
+            x = F.pad(x, (0, min(pw, 1), 0, min(ph, 1)), mode="replicate")
+            ph, pw = max(ph - 1, 0), max(pw - 1, 0)
+            continue
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x
+
+
 # ---------------------------------------------------------------------------------------
 # The memory planner (pure arithmetic: sizes in, tile sizes out).
 
@@ -305,3 +327,63 @@ def plan_lite(height: int, width: int, *, budget: int, weights: int) -> MemoryPl
         work = _LITE_PER_PX * 1024 * 1024
     est = base + image + max(work, exact)
     return MemoryPlan(encoder_window=enc_w, synthesis_window=dec_w, estimate_encode=int(est), estimate_decode=int(est))
+
+
+# AEIC (float32 bytes per image pixel; scaled by the dtype and, for the codec, by the
+# variant's widths). The analysis transform's activations peak in its first StarBlock
+# (4C channels at 1/4 of the pixels, with GELU and product temporaries); g_s's in its last
+# level; the halfDecoder has half the SD VAE decoder's channels.
+_AEIC_PER_PX = {"g_a": 6.0, "exact": 120.0, "g_s": 400.0, "dec": 1960.0, "dec_band": 1060.0}
+_AEIC_ATTN_TILE = 150  # whole-latent attention up to 182 latent px, where AEIC's VAE hook starts to tile
+
+
+def plan_aeic(height: int, width: int, *, budget: int, dtype_bytes: int, weights_encode: int, weights_decode: int,
+              variant: str, widths=None) -> MemoryPlan:
+    """AEIC's plan: its UNet tiles as its research code sets them (SE 192 latent px with
+    overlap 64, ME 96 with 32; a latent of at most tile^2 px runs whole), and exact windows
+    for g_a and g_s, bands for the halfDecoder, when the budget needs them."""
+    px = height * width
+    sc = dtype_bytes / 4.0
+    usable = int(0.9 * budget)
+    base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
+    if max(base_e, base_d) > usable:
+        need = max(base_e, base_d) / 0.9
+        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold this model's weights and the "
+                         f"runtime (needs at least {need / GB:.1f} GB); raise --max-memory")
+    room_e, room_d = usable - base_e, usable - base_d
+    first = widths.analysis[0] if widths is not None else 32
+    ga_px = _AEIC_PER_PX["g_a"] * first * sc
+    image = int(24 * px)
+    exact = int(_AEIC_PER_PX["exact"] * px)
+    enc_window, ga = None, int(ga_px * px)
+    for tile in (2048, 1024, 512):
+        if image + ga <= room_e:
+            break
+        enc_window, ga = tile, int(ga_px * (tile + 2 * 672) ** 2)
+    est_e = base_e + image + max(ga, exact)
+
+    tile, overlap = {"SE": (192, 64), "ME": (96, 32)}[variant]
+    latent_px = px // 64
+    unet_px = latent_px if latent_px <= tile * tile else tile * tile
+    unet = _UNET_PER_LATENT_PX * unet_px
+    l_t = int(24 * px * sc)  # l_T and r at 1/8, 576 channels
+    while l_t + unet > room_d and tile > 32:  # smaller tiles than AEIC's own only when the budget forces it
+        tile, overlap = tile // 2, overlap // 2
+        unet_px = min(latent_px, tile * tile)
+        unet = _UNET_PER_LATENT_PX * unet_px
+    gs_window, gs = None, int(_AEIC_PER_PX["g_s"] * px * sc)
+    if gs > room_d:
+        gs_window, gs = 32, int(_AEIC_PER_PX["g_s"] * (32 * 32 + 48 * 48) * 1024 * sc)
+    out = int(12 * px)
+    dec_band, dec_spill, dec = None, False, int(_AEIC_PER_PX["dec"] * px * sc)
+    if out + dec > room_d:
+        dec_band, dec = 4 * MB, int(_AEIC_PER_PX["dec_band"] * px * sc)
+        if out + dec > room_d:
+            dec_spill, dec = True, _BAND_WORKSET * 4 * MB * dtype_bytes
+    est_d = base_d + max(exact, gs, l_t + int(unet), out + dec, 3 * out)
+    if max(est_e, est_d) > budget:
+        raise ValueError(f"a {width}x{height} image needs about {max(est_e, est_d) / GB:.1f} GB even in the "
+                         f"smallest tiles, over the memory budget ({budget / GB:.1f} GB); raise --max-memory")
+    return MemoryPlan(encoder_window=enc_window, synthesis_window=gs_window, unet_tile=tile, unet_overlap=overlap,
+                      vae_dec_band=dec_band, vae_dec_spill=dec_spill, attn_tile=_AEIC_ATTN_TILE,
+                      estimate_encode=int(est_e), estimate_decode=int(est_d))

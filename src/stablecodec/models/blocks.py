@@ -1,11 +1,13 @@
-"""Building blocks of the deep-compression latent codec (paper Sec. 3.2, Fig. 3).
+"""Building blocks of the latent codecs (StableCodec Sec. 3.2, Fig. 3; AEIC's shallow encoder).
 
 One definition per block, run in two numerics: ``FLOAT`` (plain PyTorch, any device and
 dtype) for the image path, and :class:`~stablecodec.models.fixedpoint.ExactOps` for the
 entropy-parameter path, which must give the same integers on every machine. Blocks take
 ``ops`` and route every arithmetic layer through it; layout operations (split, cat,
 pixel shuffle) are exact in both. Module and parameter names are those of the released
-checkpoints (``../shared/reference/checkpoint-codec-keys.tsv``).
+checkpoints (``../shared/reference/checkpoint-codec-keys.tsv``, ``aeic-*-codec-keys.tsv``).
+StableCodec and AEIC share InceptionDW, InceptionNeXt, GatedCNN, BasicBlock and Adapter;
+AEIC adds :class:`StarBlock` and single-branch :class:`ShuffleDown`/:class:`ShuffleUp`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def run(module: nn.Module, x: torch.Tensor, ops) -> torch.Tensor:
         return ops.relu(x)
     if isinstance(module, nn.PixelShuffle):
         return F.pixel_shuffle(x, module.upscale_factor)
+    if isinstance(module, nn.PixelUnshuffle):
+        return F.pixel_unshuffle(x, module.downscale_factor)
     if isinstance(module, nn.Sequential):
         for child in module:
             x = run(child, x, ops)
@@ -200,3 +204,40 @@ class Stack(OpsModule):
         for layer in self:
             x = layer(x, ops) if isinstance(layer, OpsModule) else run(layer, x, ops)
         return x
+
+
+class StarBlock(OpsModule):
+    """AEIC's StarBlock: t = LN(InceptionDW(x)); a, b = 1x1 (C -> 4C) of t; x + 1x1 (2C -> C) of GELU(a) * b."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dwconv = InceptionDWConv2d(channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.fc1 = nn.Conv2d(channels, channels * 4, 1)
+        self.fc2 = nn.Conv2d(channels * 2, channels, 1)
+
+    def forward(self, x, ops=FLOAT):
+        a, b = ops.conv(self.fc1, ops.layernorm(self.norm, self.dwconv(x, ops))).chunk(2, dim=1)
+        return ops.add(x, ops.conv(self.fc2, ops.mul(ops.gelu(a), b)))
+
+
+class ShuffleDown(OpsModule):
+    """AEIC's Downsample(i -> o): 3x3 conv (i -> o/4), then PixelUnshuffle(2)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout // 4, 3, padding=1), nn.PixelUnshuffle(2))
+
+    def forward(self, x, ops=FLOAT):
+        return run(self.body, x, ops)
+
+
+class ShuffleUp(OpsModule):
+    """AEIC's Upsample(i -> o): 3x3 conv (i -> 4o), then PixelShuffle(2)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x, ops=FLOAT):
+        return run(self.body, x, ops)

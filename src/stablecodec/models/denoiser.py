@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from ..tiling import LatentAggregator, gaussian_weight, plan_tiles_2d
+from ..tiling import Box, LatentAggregator, gaussian_weight, plan_tiles_2d
 from .attention import AttnProcessor
 from .precision import is_channels_last, run_in_own_dtype
 
@@ -42,19 +42,17 @@ def alpha_bar(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int =
     return float(torch.cumprod(1.0 - betas, dim=0)[t])
 
 
-class OneStepDenoiser(nn.Module):
-    """epsilon-prediction at t = 999 turned into the clean latent (Eq. 3, without r)."""
+class _UNetStage(nn.Module):
+    """What both families' UNet stages share: the attention core, transformer outputs in
+    the network's layout, and the float32 islands at reduced precision."""
 
-    def __init__(self, unet: nn.Module, prompt_embedding: torch.Tensor, abar: float):
+    def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
         unet.set_attn_processor(AttnProcessor())
         for block in unet.modules():
             if hasattr(block, "_get_output_for_continuous_inputs") and hasattr(block, "use_linear_projection"):
                 block._get_output_for_continuous_inputs = functools.partial(_transformer_output, block)
-        self.register_buffer("prompt_embedding", prompt_embedding.detach().clone(), persistent=False)
-        self.abar = abar
-        self.latent_channels = unet.config.out_channels
         for i, module in enumerate(self.float32_modules()):
             run_in_own_dtype(module, hand_back=i == 0)
         for module in self.reduced_modules():
@@ -62,6 +60,9 @@ class OneStepDenoiser(nn.Module):
 
     def float32_modules(self) -> list[nn.Module]:
         """What stays float32 at reduced precision: the UNet's full-resolution level and output.
+
+        (Measured for StableCodec; AEIC's UNet is the same network without time embedding and
+        cross-attention, and keeps the same islands.)
 
         Measured with the full-size architecture at 768x512 in bf16 (docs/performance.md):
         the UNet's output is 1.34 % (relative L2) off float32. Taken one at a time, its first
@@ -87,6 +88,16 @@ class OneStepDenoiser(nn.Module):
         """
         return [m for b in self.float32_modules()[:2] for n, m in b.named_modules()
                 if n.rsplit(".", 1)[-1] in ("ff", "attn1")]
+
+
+class OneStepDenoiser(_UNetStage):
+    """epsilon-prediction at t = 999 turned into the clean latent (Eq. 3, without r)."""
+
+    def __init__(self, unet: nn.Module, prompt_embedding: torch.Tensor, abar: float):
+        super().__init__(unet)
+        self.register_buffer("prompt_embedding", prompt_embedding.detach().clone(), persistent=False)
+        self.abar = abar
+        self.latent_channels = unet.config.out_channels
 
     def _x0(self, l_t: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embedding.to(l_t.device, l_t.dtype).expand(l_t.shape[0], -1, -1)
@@ -139,3 +150,114 @@ def _transformer_output(block, hidden_states: torch.Tensor, residual: torch.Tens
         hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
         hidden_states = hidden_states.contiguous(memory_format=fmt)
     return hidden_states + residual
+
+
+class PlainUNet(_UNetStage):
+    """AEIC's use of the SD-Turbo UNet: a plain network, l_T (320 channels) -> e = l_0 - r.
+
+    No timestep, no prompt, no scheduler: the time embedding, every ResNet's time
+    projection and every transformer block's cross-attention are removed (``prune``), and
+    the forward pass below runs what is left in diffusers' order -- conv_in; down blocks
+    (ResNet, transformer, ..., downsampler), every output kept as a skip; mid (ResNet,
+    transformer, ResNet); up blocks (concatenate a skip, ResNet, transformer, ...,
+    upsampler); GroupNorm, SiLU, conv_out (``../shared/reference/aeic-network.md``).
+
+    Large latents run in AEIC's own tiles (``tile``/``overlap``, latent px), laid out and
+    blended as its research code does (:func:`aeic_tiles`, :func:`aeic_tile_weight`).
+    """
+
+    def __init__(self, unet: nn.Module):
+        prune(unet)
+        super().__init__(unet)
+        self.latent_channels = unet.conv_out.out_channels
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.unet
+        x = u.conv_in(x)
+        skips = [x]
+        for down in u.down_blocks:
+            attns = getattr(down, "attentions", None)
+            for i, res in enumerate(down.resnets):
+                x = res(x, None)
+                if attns is not None:
+                    x = attns[i](x, return_dict=False)[0]
+                skips.append(x)
+            if down.downsamplers is not None:
+                for d in down.downsamplers:
+                    x = d(x)
+                skips.append(x)
+        mid = u.mid_block
+        x = mid.resnets[0](x, None)
+        for attn, res in zip(mid.attentions, mid.resnets[1:]):
+            x = res(attn(x, return_dict=False)[0], None)
+        for up in u.up_blocks:
+            attns = getattr(up, "attentions", None)
+            for i, res in enumerate(up.resnets):
+                x = res(torch.cat([x, skips.pop()], dim=1), None)
+                if attns is not None:
+                    x = attns[i](x, return_dict=False)[0]
+            if up.upsamplers is not None:
+                for upsampler in up.upsamplers:
+                    x = upsampler(x)
+        x = u.conv_act(u.conv_norm_out(x))
+        return u.conv_out(x).float()
+
+    @torch.no_grad()
+    def forward(self, l_t: torch.Tensor, tile: int | None = None, overlap: int = 32, batch: int = 1,
+                progress=None) -> torch.Tensor:
+        h, w = l_t.shape[2:]
+        if tile is None or h * w <= tile * tile:  # AEIC tiles only latents of more than tile^2 px
+            return self._run(l_t)
+        t = min(tile, h, w)
+        rows, cols = aeic_tiles(h, t, overlap), aeic_tiles(w, t, overlap)
+        agg = LatentAggregator((l_t.shape[0], self.latent_channels, h, w), device=l_t.device, dtype=torch.float32)
+        weight = aeic_tile_weight(t, device=l_t.device)
+        boxes = [(r, c) for r in rows for c in cols]
+        for i in range(0, len(boxes), batch):
+            chunk = boxes[i : i + batch]
+            x = torch.cat([l_t[:, :, r : r + t, c : c + t] for r, c in chunk])
+            out = self._run(x)
+            for j, (r, c) in enumerate(chunk):
+                agg.add(Box(r, c, r + t, c + t), out[j : j + 1], weight)
+            if progress is not None:
+                progress(len(chunk))
+        return agg.result()
+
+
+def prune(unet: nn.Module) -> nn.Module:
+    """Remove what AEIC's UNet does not use: time embedding, time projections, cross-attention."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D
+
+    unet.time_proj = None
+    unet.time_embedding = None
+    for m in unet.modules():
+        if isinstance(m, ResnetBlock2D):
+            m.time_emb_proj = None
+        elif isinstance(m, BasicTransformerBlock):
+            m.attn2 = None
+            m.norm2 = None
+    return unet
+
+
+def aeic_tiles(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis as AEIC lays them out: the fewest tiles with
+    (n - 1)(tile - overlap) + tile >= size, tile k at k(tile - overlap), the last flush with the end."""
+    if size <= tile:
+        return [0]
+    n = 1
+    while (n - 1) * (tile - overlap) + tile < size:
+        n += 1
+    return [k * (tile - overlap) for k in range(n - 1)] + [size - tile]
+
+
+def aeic_tile_weight(tile: int, var: float = 0.01, device=None) -> torch.Tensor:
+    """AEIC's Gaussian tile weight, (1, 1, tile, tile): g(x; (tile - 1)/2) g(y; tile/2) -- the
+    two axes centred differently, as its research code does (normalised by the summed
+    weights, only their ratios matter)."""
+    x = torch.arange(tile, dtype=torch.float32, device=device)
+
+    def g(c: float) -> torch.Tensor:
+        return torch.exp(-((x - c) ** 2) / (tile * tile) / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+    return (g(tile / 2)[:, None] * g((tile - 1) / 2)[None, :])[None, None]

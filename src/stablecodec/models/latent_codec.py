@@ -387,31 +387,95 @@ class LatentCodec(nn.Module):
         half-integer.
         """
         ops = self.exact_ops(rules.numerics)
-        mean_bits, one, qmax = rules.mean_bits, ops.one, ops.qmax
         gaussian, _, _ = self.tables()
         if self.cfg.rates:
             z_hat = z_hat * self.gain_z_inv[rate].detach().to(torch.float64).cpu()[None, :, None, None]
         base = self.h_s(ops.to_fixed(z_hat), ops)
-        _, M, H, W = base.shape
-        total = torch.zeros_like(base)
-        for i, mask in enumerate(quadtree_masks(M, H, W)):
-            means_q, scales_q = self._step_params(base, i, ops)
+        return code_quadtree(base, lambda b, i: self._step_params(b, i, ops), rules, ops, gaussian, STABLECODEC_STEPS,
+                             lrp=lambda i, x: self.LRP[i](x, ops), writer=writer, reader=reader, y=y)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRules:
+    """How a family turns one quadtree step's parameters into table indexes.
+
+    ``index``: "ceil" -- CompressAI's rule, the smallest table scale >= the predicted scale,
+    every element coded (StableCodec); "floor" -- the largest table scale <= it, and an
+    element whose scale is below ``skip_below`` is not coded at all: its symbol is 0 and
+    ŷ = mean on both sides (AEIC). ``lrp``: latent residual prediction after each step.
+    """
+
+    index: str
+    lrp: bool
+    skip_below: float = 0.0
+
+
+STABLECODEC_STEPS = StepRules(index="ceil", lrp=True)
+
+
+def code_quadtree(base: torch.Tensor, step_params, rules: CodingRules, ops: ExactOps, gaussian: list[Table],
+                  steps: StepRules, *, lrp=None, writer: StreamWriter | None = None,
+                  reader: StreamReader | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The four quadtree steps (paper Eq. 5-7) in exact arithmetic, encoding (``writer``, ``y``
+    float64) or decoding (``reader``), from ``base`` (h_s of ẑ on the fixed-point grid).
+
+    ``step_params(base, i)`` returns step i's means and scales on the grid; the coded
+    elements' symbols are round(y - mean) in float64: one IEEE subtraction of y (float32)
+    and a multiple of 2**-24 below 2**10, exact for |y| >= 2**-28 and correctly rounded
+    otherwise, so the same on every machine. It differs from a float implementation's
+    only where y - mean lies within the fixed-point network's error of a half-integer.
+    Elements the rules do not code are 0 for the encoder too, so both sides continue from
+    the same ŷ. Returns ŷ (float64).
+    """
+    mean_bits, one, qmax = rules.mean_bits, ops.one, ops.qmax
+    _, M, H, W = base.shape
+    total = torch.zeros_like(base)
+    for i, mask in enumerate(quadtree_masks(M, H, W)):
+        means_q, scales_q = step_params(base, i)
+        if steps.index == "ceil":
             mean_k, scale_idx = snap(*parameter_outputs(means_q[0], scales_q[0], rules), rules)
-            mk = mean_k[mask]
-            if writer is not None:
-                sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-mean_bits).to(torch.int64)
-                writer.write(sym.numpy(), scale_idx[mask].numpy(), gaussian)
+        else:
+            mean_k, scale_idx = floor_index(means_q[0], scales_q[0], rules, ops, steps.skip_below)
+        mk, ix = mean_k[mask], scale_idx[mask]
+        coded = ix >= 0
+        every = bool(coded.all())
+        if writer is not None:
+            sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-mean_bits).to(torch.int64)
+            if every:
+                writer.write(sym.numpy(), ix.numpy(), gaussian)
             else:
-                sym = torch.from_numpy(reader.read(scale_idx[mask].numpy(), gaussian).astype(np.int64))
-            y_i = torch.zeros_like(base)
-            y_i[0][mask] = (sym.to(torch.float64) * one + mk.to(torch.float64) * 2.0 ** (ops.frac_bits - mean_bits)).clamp(
-                -qmax, qmax
-            )
-            lrp = ops.half_tanh(self.LRP[i](torch.cat([y_i, base], dim=1), ops))
-            y_i[0][mask] = (y_i[0][mask] + lrp[0][mask]).clamp(-qmax, qmax)
-            base[0][mask] = y_i[0][mask]
-            total += y_i
-        return ops.from_fixed(total)
+                sym[~coded] = 0
+                writer.write(sym[coded].numpy(), ix[coded].numpy(), gaussian)
+        elif every:
+            sym = torch.from_numpy(reader.read(ix.numpy(), gaussian).astype(np.int64))
+        else:
+            sym = torch.zeros(ix.shape, dtype=torch.int64)
+            sym[coded] = torch.from_numpy(reader.read(ix[coded].numpy(), gaussian).astype(np.int64))
+        y_i = torch.zeros_like(base)
+        y_i[0][mask] = (sym.to(torch.float64) * one + mk.to(torch.float64) * 2.0 ** (ops.frac_bits - mean_bits)).clamp(
+            -qmax, qmax
+        )
+        if steps.lrp:
+            r = ops.half_tanh(lrp(i, torch.cat([y_i, base], dim=1)))
+            y_i[0][mask] = (y_i[0][mask] + r[0][mask]).clamp(-qmax, qmax)
+        base[0][mask] = y_i[0][mask]
+        total += y_i
+    return ops.from_fixed(total)
+
+
+def floor_index(means_q: torch.Tensor, scales_q: torch.Tensor, rules: CodingRules, ops: ExactOps,
+                skip_below: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """AEIC's rule on the exact grid: (mean in 2**-mean_bits units, the largest table index
+    whose scale <= the predicted scale, -1 below ``skip_below``), as int64.
+
+    Compared on the parameter network's own 2**-frac_bits grid (no 2**-10 snapping), so a
+    scale next to the skip threshold falls on the side a float implementation puts it on
+    whenever the two agree to better than the grid."""
+    mean_k = torch.round(means_q * 2.0 ** (rules.mean_bits - ops.frac_bits)).to(torch.int64)
+    thresholds = torch.ceil(scale_table() * ops.one)  # the smallest grid value at or above each table scale
+    idx = (torch.bucketize(scales_q, thresholds, right=True) - 1).clamp_(min=0)
+    idx[scales_q < skip_below * ops.one] = -1
+    return mean_k, idx
 
 
 def parameter_outputs(means_q: torch.Tensor, scales_q: torch.Tensor,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BasicBlock, Downsample, Upsample
-from ..tiling import MemoryPlan, run_windows
+from ..tiling import MemoryPlan, plan_lite, run_windows
 from .latent_codec import RULES, CodingRules, LatentCodec, LatentCodecConfig
 
 
@@ -129,6 +129,12 @@ class LiteModel(nn.Module):
         c = self.net.codec
         for m in (self.net.analysis, self.net.synthesis, c.g_a, c.g_s, c.h_a):
             m.to(device=device, dtype=dtype)
+
+    def resident_bytes(self, decoding: bool) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def plan_memory(self, height: int, width: int, budget: int) -> MemoryPlan:
+        return plan_lite(height, width, budget=budget, weights=self.resident_bytes(True))
 
     # Receptive radius of analysis + g_a is 196 px, of g_s + synthesis 14 y px (220 px).
     ENCODER_HALO, DECODER_HALO = 256, 16

@@ -198,6 +198,30 @@ class _StatsAccumulator:
         return _Affine(self.gn, mean, var, dtype, device)
 
 
+class DecoderOnly(nn.Module):
+    """A diffusers ``Decoder`` alone -- no encoder, no post-quant convolution, no scaling (AdcSR's
+    halfDecoder, which AEIC decodes with) -- in the interface :class:`TiledVAE` runs."""
+
+    encoder = None
+    quant_conv = None
+    post_quant_conv = None
+
+    def __init__(self, decoder: nn.Module, config: dict):
+        super().__init__()
+        self.decoder = decoder
+        self.config = type("DecoderConfig", (), dict(config))()
+
+    def set_attn_processor(self, processor) -> None:
+        from diffusers.models.attention_processor import Attention
+
+        for m in self.decoder.modules():
+            if isinstance(m, Attention):
+                m.set_processor(processor)
+
+    def decode(self, z: torch.Tensor):
+        return type("DecoderOutput", (), {"sample": self.decoder(z)})()
+
+
 class TiledVAE(nn.Module):
     def __init__(self, vae):
         super().__init__()
@@ -207,7 +231,8 @@ class TiledVAE(nn.Module):
             run_in_own_dtype(module, hand_back=False)
         from diffusers.models.resnet import ResnetBlock2D  # already imported: vae is a diffusers model
 
-        for block in (*vae.encoder.modules(), *vae.decoder.modules()):
+        encoder = vae.encoder.modules() if vae.encoder is not None else ()
+        for block in (*encoder, *vae.decoder.modules()):
             if isinstance(block, ResnetBlock2D):
                 block.forward = functools.partial(_resnet_forward, block)
 

@@ -1,0 +1,70 @@
+"""The default model's one file (``weights/lite.safetensors``, shipped in the package)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+from ..models.latent_codec import LatentCodecConfig
+from .common import FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
+
+
+def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True) -> str:
+    """Write the default network (fp16 weights, tables, rate names) to one safetensors file."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    sd = {f"lite.{k}": (v.half() if half and v.is_floating_point() else v).detach().contiguous()
+          for k, v in net.state_dict().items()}
+    fp = fingerprint_hex or fingerprint(sd)
+    # Tables from the weights as stored (fp16-rounded), so loading and exporting agree.
+    tmp_net = load_lite_tensors(sd, json.dumps(dataclasses.asdict(net.cfg)))
+    tensors = {**sd, **_tables_state(tmp_net.codec)}
+    meta = {"format": FORMAT, "family": "lite", "fingerprint": fp, "config": json.dumps(dataclasses.asdict(net.cfg)),
+            "rates": json.dumps(rates)}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return fp
+
+
+def load_lite_tensors(sd: dict[str, torch.Tensor], config_json: str):
+    from ..models.lite import LiteConfig, LiteNet
+
+    raw = json.loads(config_json)
+    codec_cfg = LatentCodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("codec").items()})
+    net = LiteNet(LiteConfig(codec=codec_cfg, **raw))
+    load_strict(net, {k[len("lite."):]: v.float() for k, v in sd.items() if k.startswith("lite.")}, "default model weights")
+    return net.eval()
+
+
+def load_lite(path: Path):
+    """The default model's file. Returns (LiteNet, fingerprint hex, metadata)."""
+    tensors, meta = _read_safetensors(Path(path))
+    if meta.get("family") != "lite":
+        raise WeightsError(f"{path}: not a default-model weights file")
+    net = load_lite_tensors(tensors, meta["config"])
+    _set_tables(net.codec, tensors, str(path))
+    return net, meta["fingerprint"], meta
+
+
+def load(spec, path: Path):
+    """One rate point of the default model: (LiteModel, fingerprint hex)."""
+    from ..models.lite import LiteModel
+
+    net, fp, meta = load_lite(path)
+    rates = [r["name"] for r in json.loads(meta["rates"])]
+    if spec.name not in rates:
+        raise WeightsError(f"{path} has no rate point {spec.name} (it has {', '.join(rates)})")
+    return LiteModel(net, rates.index(spec.name)), fp
+
+
+def estimate_bytes(path: Path | None = None, **_) -> tuple[int, int]:
+    n = 4 * Path(path).stat().st_size  # fp16 on disk, float32 and float64 copies in memory
+    return n, n
