@@ -172,33 +172,21 @@ class PlainUNet(_UNetStage):
         self.latent_channels = unet.conv_out.out_channels
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        # diffusers' own block forwards with no time embedding and no prompt: what its
+        # UNet forward does after the embeddings (the float32 islands hook those blocks).
         u = self.unet
         x = u.conv_in(x)
-        skips = [x]
+        skips: tuple[torch.Tensor, ...] = (x,)
         for down in u.down_blocks:
-            attns = getattr(down, "attentions", None)
-            for i, res in enumerate(down.resnets):
-                x = res(x, None)
-                if attns is not None:
-                    x = attns[i](x, return_dict=False)[0]
-                skips.append(x)
-            if down.downsamplers is not None:
-                for d in down.downsamplers:
-                    x = d(x)
-                skips.append(x)
-        mid = u.mid_block
-        x = mid.resnets[0](x, None)
-        for attn, res in zip(mid.attentions, mid.resnets[1:]):
-            x = res(attn(x, return_dict=False)[0], None)
+            kw = {"encoder_hidden_states": None} if getattr(down, "has_cross_attention", False) else {}
+            x, res = down(hidden_states=x, temb=None, **kw)
+            skips += res
+        x = u.mid_block(x, None, encoder_hidden_states=None)
         for up in u.up_blocks:
-            attns = getattr(up, "attentions", None)
-            for i, res in enumerate(up.resnets):
-                x = res(torch.cat([x, skips.pop()], dim=1), None)
-                if attns is not None:
-                    x = attns[i](x, return_dict=False)[0]
-            if up.upsamplers is not None:
-                for upsampler in up.upsamplers:
-                    x = upsampler(x)
+            n = len(up.resnets)
+            res, skips = skips[-n:], skips[:-n]
+            kw = {"encoder_hidden_states": None} if getattr(up, "has_cross_attention", False) else {}
+            x = up(hidden_states=x, res_hidden_states_tuple=res, temb=None, **kw)
         x = u.conv_act(u.conv_norm_out(x))
         return u.conv_out(x).float()
 

@@ -334,8 +334,11 @@ def tensors_without_code(path: Path) -> dict:
                 untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else torch.UntypedStorage(0)
                 return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
+        import warnings
+
         try:
-            with zf.open(pkl) as f:
+            with zf.open(pkl) as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TypedStorage's deprecation: it is what torch's own loader builds
                 obj = Reader(f).load()
         except Exception as e:  # a malformed pickle: one line
             raise WeightsError(f"{path}: cannot read its tensors ({type(e).__name__}: {str(e)[:120]})") from None
