@@ -123,4 +123,6 @@ def test_the_converted_file_is_the_released_files(family, tmp_path):
     img = smooth_image(64, 96, seed=4)
     data = released.encode(img)
     assert converted.encode(img) == data
-    assert np.array_equal(converted.decode_array(data), released.decode_array(data))
+    assert torch.equal(_y_hat(converted, data), _y_hat(released, data))
+    # the image path is the same float32 arithmetic (last bits may follow kernel choices)
+    assert np.abs(converted.decode_array(data) - released.decode_array(data)).max() < 1e-4

@@ -676,6 +676,47 @@ def convert(sd_turbo, checkpoint, elic, half_decoder, output, name, weights_dir,
     click.echo(f"wrote {out} (model {spec.name}, fingerprint {fp})")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--from", "source", metavar="PATH_OR_URL",
+              help="Where files that need a browser were saved: a folder, a file, or an http(s) URL (of a file, or a folder ending in /).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), help="Where to put them (default: $STABLECODEC_HOME, else the user data dir).")
+@click.option("--no-convert", is_flag=True, help="Keep the released files only; do not write the one-file form.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def download(name, source, weights_dir, no_convert, quiet):
+    """Fetch the files model NAME needs (SD-Turbo from the Hugging Face Hub; the authors'
+    checkpoints from --from), check them, record their SHA-256 and convert them."""
+    from . import registry
+    from .download import download as fetch
+
+    try:
+        spec = registry.get(name)
+        wd = registry.weights_dir(weights_dir)
+        if spec.family == "lite":
+            click.echo(f"{spec.name} ships with stablecodec ({registry.locate(spec, wd).where}): nothing to download")
+            return
+        fetch(spec, wd, source, progress=not quiet and _tty(), echo=click.echo)
+        if not no_convert:
+            from . import weights
+
+            out = wd / spec.converted
+            files = {k: wd / p for k, p in zip([k for k, _ in spec.record.explicit], _released_paths(spec))}
+            fp = weights.convert_model(spec, files, out)
+            click.echo(f"wrote {out} (model {spec.name}, fingerprint {fp})")
+    except StableCodecError as e:
+        _fail(str(e))
+        sys.exit(1)
+
+
+def _released_paths(spec) -> list[str]:
+    """The weights-directory paths of a family's explicit files, in its ``explicit`` order."""
+    from . import registry
+
+    by_flag = {"sd_turbo": registry.SD_TURBO_DIR, "checkpoint": spec.checkpoint, "elic": registry.ELIC_FILE,
+               "half_decoder": registry.HALF_DECODER_FILE}
+    return [by_flag[k] for k, _ in spec.record.explicit]
+
+
 cli.add_command(eval_command)
 
 

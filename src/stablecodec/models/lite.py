@@ -106,6 +106,7 @@ class LiteModel(nn.Module):
         self.net = net
         self.rate = rate
         self.plan = MemoryPlan()
+        self.last_plan = ""
         self.progress = None
 
     @property
