@@ -504,26 +504,15 @@ def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata
         _fail(str(e))
         sys.exit(1)
 
-    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
-        from .container import peek
-        from .imageio import load
+    from .jobs import EncodeOptions, encode_one
 
-        notes: list[str] = []
-        img = load(data, alpha=alpha, name="standard input" if src == "-" else src, metadata=metadata)
-        extra: dict[str, Any] = {}
-        if target_size or target_bpp:
-            fit = codec.encode_to_size(img, max_bytes, max_bpp=target_bpp, family=family, notes=notes)
-            out = fit.data
-            target = f"{max_bytes:,} bytes" if max_bytes else f"{target_bpp:g} bpp"
-            notes.append(f"target {target}: model {fit.model} ({len(out):,} bytes; {len(fit.tried)} encode{'s' * (len(fit.tried) > 1)})")
-            extra = {"model": fit.model, "tried": [{"model": m, "size": v} for m, v in fit.tried]}
-        else:
-            out = codec.encode(img, notes=notes)
-        if notes and not quiet and not batch:
-            _note("; ".join(notes))
-        meta = peek(out)[0].metadata_size
-        return out, {"size": len(out), "bpp": round((len(out) - meta) * 8 / (img.width * img.height), 6),
-                     "metadata_bytes": meta, "width": img.width, "height": img.height, "notes": notes, **extra}
+    options = EncodeOptions(alpha=alpha, metadata=metadata, max_bytes=max_bytes, target_bpp=target_bpp, family=family)
+
+    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
+        out, fields = encode_one(codec, data, "standard input" if src == "-" else src, options)
+        if fields["notes"] and not quiet and not batch:
+            _note("; ".join(fields["notes"]))
+        return out, fields
 
     sys.exit(run_jobs("encode", jobs, batch, work, force, quiet, json_report))
 
@@ -549,23 +538,15 @@ def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, chec
         _fail(str(e))
         sys.exit(1)
 
-    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
-        from .imageio import encode_image, format_for
+    from .jobs import DecodeOptions, decode_one
 
-        img = codec.decode(data)
-        if dst == "-" or not Path(dst).suffix:
-            target = {"jpg": "JPEG"}.get(fmt, (fmt or "png").upper())
-        else:
-            target = format_for(dst)
-        meta = {k: img.info[n] for k, n in (("exif", "exif"), ("xmp", "xmp"), ("icc", "original_icc_profile"))
-                if n in img.info}
-        notes: list[str] = []
-        out = encode_image(img, target, metadata=meta, notes=notes)
-        if notes and not quiet and not batch:
-            _note("; ".join(notes))
-        return out, {"size": len(data), "bpp": round(len(data) * 8 / (img.width * img.height), 6),
-                     "width": img.width, "height": img.height, "format": target, "metadata": sorted(meta),
-                     "notes": notes}
+    options = DecodeOptions(fmt=fmt)
+
+    def work(data: bytes, src: str, dst: str) -> tuple[bytes, dict[str, Any]]:
+        out, fields = decode_one(codec, data, dst, options)
+        if fields["notes"] and not quiet and not batch:
+            _note("; ".join(fields["notes"]))
+        return out, fields
 
     sys.exit(run_jobs("decode", jobs, batch, work, force, quiet, json_report))
 
