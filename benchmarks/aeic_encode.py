@@ -59,6 +59,8 @@ def flops_per_pixel(variant: str, w: int, h: int) -> dict:
 
     cfg = aeic.se() if variant == "SE" else aeic.me()
     codec = aeic.AEICCodec(cfg).eval()
+    px = w * h
+    w, h = -(-w // 64) * 64, -(-h // 64) * 64  # padded as the codec pads
     x = torch.rand(1, 3, h, w) * 2 - 1
     out = {}
     with torch.no_grad():
@@ -73,7 +75,6 @@ def flops_per_pixel(variant: str, w: int, h: int) -> dict:
             for i in range(4):
                 codec._step_params(base, i)
         out["entropy_parameters"] = fc.get_total_flops()
-    px = w * h
     return {k: round(v / px, 1) for k, v in out.items()} | {"total": round(sum(out.values()) / px, 1)}
 
 

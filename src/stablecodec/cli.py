@@ -252,6 +252,13 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--json", "json_report", type=click.Path(dir_okay=False), help="Write a per-file JSON report here."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, notes or summary; errors only."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet (slow first image; meant for GPUs, untested there)."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="ray: a Ray Data pipeline over a local Ray instance or a cluster (docs/scale-out.md)."),
+        click.option("--address", metavar="ADDR", help="--engine ray: the cluster to join (default: start a local Ray instance)."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="--engine ray: actors, one model each."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, help="--engine ray: GPUs per actor."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="--engine ray: files per batch."),
+        click.option("--manifest", type=click.Path(), help="--engine ray: also write the status rows as Parquet here."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -361,19 +368,33 @@ def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, q
         if bar:
             bar.close()
     elapsed = time.perf_counter() - t_start
-    mean_bpp = bpp_sum / bpp_count if bpp_count else None
-    overall_bpp = total_bytes * 8 / total_pixels if total_pixels else None
     if interrupted and not batch:
         click.echo("stablecodec: interrupted; no output written", err=True)
+    return report(kind, records, len(jobs), elapsed, interrupted, quiet, json_report, batch)
+
+
+def report(kind: str, records: list[dict[str, Any]], planned: int, elapsed: float, interrupted: bool, quiet: bool,
+           json_report: str | None, batch: bool) -> int:
+    """The summary line and the ``--json`` report of a run; returns the exit status."""
+    done = sum(1 for r in records if not r["error"] and not r["skipped"])
+    skipped = sum(1 for r in records if r["skipped"])
+    failed = sum(1 for r in records if r["error"])
+    ok = [r for r in records if not r["error"] and not r["skipped"] and r.get("size") is not None]
+    total_bytes = sum(r["size"] or 0 for r in ok)
+    total_pixels = sum((r.get("width") or 0) * (r.get("height") or 0) for r in ok)
+    bpps = [r["bpp"] for r in ok if r.get("bpp") is not None]
+    mean_bpp = sum(bpps) / len(bpps) if bpps else None
+    overall_bpp = total_bytes * 8 / total_pixels if total_pixels else None
     if batch and not quiet:
-        rate = f"{overall_bpp:.4f} bpp overall, mean {mean_bpp:.4f} bpp" if mean_bpp is not None else "no bpp"
+        rate = f"{overall_bpp:.4f} bpp overall, mean {mean_bpp:.4f} bpp" if overall_bpp is not None else (
+            f"mean {mean_bpp:.4f} bpp" if mean_bpp is not None else "no bpp")
         speed = f", {elapsed / done:.2f} s/file" if done else ""
-        click.echo(f"{kind}: {len(records)} of {len(jobs)} files: {done} done, {skipped} skipped, {failed} failed; "
+        click.echo(f"{kind}: {len(records)} of {planned} files: {done} done, {skipped} skipped, {failed} failed; "
                    f"{_size(total_bytes)} compressed, {rate}; {elapsed:.1f} s{speed}"
                    + (" (interrupted: run the same command again to resume)" if interrupted else ""), err=True)
     status = 130 if interrupted else (1 if failed else 0)
     if json_report:
-        summary = {"command": kind, "planned": len(jobs), "files": len(records), "done": done, "skipped": skipped,
+        summary = {"command": kind, "planned": planned, "files": len(records), "done": done, "skipped": skipped,
                    "failed": failed, "bytes": total_bytes, "pixels": total_pixels,
                    "bpp": None if overall_bpp is None else round(overall_bpp, 6),
                    "mean_bpp": None if mean_bpp is None else round(mean_bpp, 6),
@@ -440,6 +461,36 @@ def cli() -> None:
     """
 
 
+def _ray(kind: str, inputs, output, codec_kwargs: dict, options, force: bool, recursive: bool, shard, json_report,
+         quiet: bool, address, workers: int, gpus_per_worker: float, batch_size: int, manifest) -> int:
+    """``--engine ray``: the same job as a Ray Data pipeline (:mod:`raydata`); the same report."""
+    from . import raydata
+
+    if shard is not None:
+        raise click.UsageError("--shard splits work for schedulers without Ray; with --engine ray, Ray splits it")
+    if output is None or output == "-" or "-" in inputs:
+        raise click.UsageError("--engine ray needs an output folder (-o DIR or -o s3://bucket/prefix/) and no '-'")
+    t0 = time.perf_counter()
+    try:
+        if codec_kwargs.get("model") is not None:
+            from . import registry
+
+            registry.get(codec_kwargs["model"])
+        rows = raydata.run(kind, list(inputs), output, codec_kwargs={k: v for k, v in codec_kwargs.items() if v is not None},
+                           options=options, force=force, recursive=True if recursive is None else recursive,
+                           address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                           manifest=manifest)
+    except StableCodecError as e:
+        _fail(str(e))
+        return 1
+    if not rows:
+        _nothing_found(tuple(inputs), "images" if kind == "encode" else f"{SCDC} files", recursive)
+    for r in rows:
+        if r["error"]:
+            _fail(r["error"] if r["error"].startswith(r["input"]) else f"{r['input']}: {r['error']}")
+    return report(kind, rows, len(rows), time.perf_counter() - t0, False, quiet, json_report, batch=True)
+
+
 def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
     """A folder given as input that holds nothing to code is a mistake (a typo, a folder
     named like a file): one line and exit 1, not a silent "0 of 0 files"."""
@@ -465,7 +516,7 @@ def _nothing_found(inputs: tuple[str, ...], what: str, recursive: bool) -> None:
 @model_options
 def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata, model, weights_dir, sd_turbo,
            checkpoint, elic, half_decoder, device, precision, max_memory, force, recursive, shard, json_report, quiet,
-           compile_):
+           compile_, engine, address, workers, gpus_per_worker, batch_size, manifest):
     """Compress images (files, folders, or - for standard input) to .scdc."""
     choosers = [n for n, v in (("--model", model), ("--bpp", bpp), ("--target-size", target_size),
                                ("--target-bpp", target_bpp)) if v]
@@ -478,6 +529,16 @@ def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata
     if family and not (target_size or target_bpp):
         raise click.UsageError("--family goes with --target-size or --target-bpp")
     max_bytes = parse_bytes(target_size) if target_size else None
+    if engine == "ray":
+        from .jobs import EncodeOptions
+
+        if bpp:
+            model = pick_model(bpp, weights_dir)
+        options = EncodeOptions(alpha=alpha, metadata=metadata, max_bytes=max_bytes, target_bpp=target_bpp, family=family)
+        kwargs = dict(model=model, weights_dir=weights_dir, **files, device=device, precision=precision,
+                      max_memory=max_memory, alpha=alpha, metadata=metadata, compile=compile_)
+        sys.exit(_ray("encode", inputs, output, kwargs, options, force, recursive, shard, json_report, quiet, address,
+                      workers, gpus_per_worker, batch_size, manifest))
     jobs, batch = plan_jobs(inputs, output, recursive, IMAGE_EXTENSIONS, SCDC, parse_shard(shard))
     if batch and not jobs and shard is None:
         _nothing_found(inputs, "images (" + ", ".join(IMAGE_EXTENSIONS) + ")", recursive)
@@ -525,8 +586,17 @@ def encode(inputs, output, bpp, target_size, target_bpp, family, alpha, metadata
               help="Output format for folders, - and output names without an extension (default: png).")
 @model_options
 def decode(inputs, output, no_color_fix, fmt, model, weights_dir, sd_turbo, checkpoint, elic, half_decoder, device,
-           precision, max_memory, force, recursive, shard, json_report, quiet, compile_):
+           precision, max_memory, force, recursive, shard, json_report, quiet, compile_, engine, address, workers,
+           gpus_per_worker, batch_size, manifest):
     """Decompress .scdc files (files, folders, or - for standard input) to images."""
+    if engine == "ray":
+        from .jobs import DecodeOptions
+
+        kwargs = dict(model=model, weights_dir=weights_dir, **_files(sd_turbo, checkpoint, elic, half_decoder),
+                      device=device, precision=precision, max_memory=max_memory, color_fix=not no_color_fix,
+                      compile=compile_)
+        sys.exit(_ray("decode", inputs, output, kwargs, DecodeOptions(fmt=fmt), force, recursive, shard, json_report,
+                      quiet, address, workers, gpus_per_worker, batch_size, manifest))
     suffix = f".{fmt}" if fmt else ".png"
     jobs, batch = plan_jobs(inputs, output, recursive, (SCDC,), suffix, parse_shard(shard))
     if batch and not jobs and shard is None:
