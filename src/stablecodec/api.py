@@ -93,7 +93,9 @@ def resolve_precision(precision: str, device: str, family: registry.Family) -> s
             raise ConfigError("--precision fp16 is not supported on CPU; use bf16 or fp32")
         return precision
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Native bf16 only (Ampere and later): with emulation counted (the default of
+        # is_bf16_supported), a V100 would say yes and run bf16 convolutions emulated or fail.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     # Small, bandwidth-bound models (the default one) are as fast and exact in float32 on CPU.
     return "bf16" if family.cpu_reduced_precision and cpu_has_bf16() else "fp32"
 

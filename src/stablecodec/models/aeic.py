@@ -171,6 +171,7 @@ class AEICCodec(nn.Module):
         self.gaussian_conditional = gaussian_conditional()
         self._exact: dict[str, ExactOps] = {}
         self._tables: tuple[list[Table], list[Table], torch.Tensor] | None = None
+        self.exact_device = "cpu"  # where the parameter path runs (the model's device: placed with it)
 
     # -- shared with LatentCodec's entropy path ------------------------------------------
 
@@ -252,7 +253,7 @@ class AEICCodec(nn.Module):
     def _code_y(self, z_hat, y_hw, rules: CodingRules, *, writer=None, reader=None, y=None) -> torch.Tensor:
         ops = self.exact_ops(rules.numerics)
         gaussian, _, _ = self.tables()
-        base = self.h_s(ops.to_fixed(z_hat), ops)[:, :, : y_hw[0], : y_hw[1]].contiguous()
+        base = self.h_s(ops.to_fixed(z_hat.to(self.exact_device)), ops)[:, :, : y_hw[0], : y_hw[1]].contiguous()
         return code_quadtree(base, lambda b, i: self._step_params(b, i, ops), rules, ops, gaussian, AEIC_STEPS,
                              writer=writer, reader=reader, y=y)
 

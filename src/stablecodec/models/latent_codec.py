@@ -226,6 +226,7 @@ class LatentCodec(nn.Module):
             self.gain_z_inv = nn.Parameter(torch.ones(cfg.rates, M // 2))
         self._exact: dict[str, ExactOps] = {}
         self._tables: tuple[list[Table], list[Table], torch.Tensor] | None = None
+        self.exact_device = "cpu"  # where the V2 parameter path runs (the model's device: placed with it)
 
     # -- entropy-parameter path --------------------------------------------------------
 
@@ -390,7 +391,8 @@ class LatentCodec(nn.Module):
         gaussian, _, _ = self.tables()
         if self.cfg.rates:
             z_hat = z_hat * self.gain_z_inv[rate].detach().to(torch.float64).cpu()[None, :, None, None]
-        base = self.h_s(ops.to_fixed(z_hat), ops)
+        device = self.exact_device if rules.numerics.split_bits else "cpu"  # V1 (format 1.x) stays on the CPU
+        base = self.h_s(ops.to_fixed(z_hat.to(device)), ops)
         return code_quadtree(base, lambda b, i: self._step_params(b, i, ops), rules, ops, gaussian, STABLECODEC_STEPS,
                              lrp=lambda i, x: self.LRP[i](x, ops), writer=writer, reader=reader, y=y)
 
@@ -425,22 +427,27 @@ def code_quadtree(base: torch.Tensor, step_params, rules: CodingRules, ops: Exac
     otherwise, so the same on every machine. It differs from a float implementation's
     only where y - mean lies within the fixed-point network's error of a half-integer.
     Elements the rules do not code are 0 for the encoder too, so both sides continue from
-    the same ŷ. Returns ŷ (float64).
+    the same ŷ. Runs on ``base``'s device (V2 is exact on a GPU too: integer products and
+    sums, and one IEEE operation per kernel); symbols and table indexes go through the CPU's
+    range coder. Returns ŷ (float64, CPU).
     """
     mean_bits, one, qmax = rules.mean_bits, ops.one, ops.qmax
     _, M, H, W = base.shape
+    dev = base.device
+    if y is not None:
+        y = y.to(dev)
     total = torch.zeros_like(base)
-    for i, mask in enumerate(quadtree_masks(M, H, W)):
+    for i, mask in enumerate(quadtree_masks(M, H, W, device=dev)):
         means_q, scales_q = step_params(base, i)
         if steps.index == "ceil":
             mean_k, scale_idx = snap(*parameter_outputs(means_q[0], scales_q[0], rules), rules)
         else:
             mean_k, scale_idx = floor_index(means_q[0], scales_q[0], rules, ops, steps.skip_below)
-        mk, ix = mean_k[mask], scale_idx[mask]
+        mk, ix = mean_k[mask], scale_idx[mask].cpu()
         coded = ix >= 0
         every = bool(coded.all())
         if writer is not None:
-            sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-mean_bits).to(torch.int64)
+            sym = torch.round(y[0][mask] - mk.to(torch.float64) * 2.0**-mean_bits).to(torch.int64).cpu()
             if every:
                 writer.write(sym.numpy(), ix.numpy(), gaussian)
             else:
@@ -451,6 +458,7 @@ def code_quadtree(base: torch.Tensor, step_params, rules: CodingRules, ops: Exac
         else:
             sym = torch.zeros(ix.shape, dtype=torch.int64)
             sym[coded] = torch.from_numpy(reader.read(ix[coded].numpy(), gaussian).astype(np.int64))
+        sym = sym.to(dev)
         y_i = torch.zeros_like(base)
         y_i[0][mask] = (sym.to(torch.float64) * one + mk.to(torch.float64) * 2.0 ** (ops.frac_bits - mean_bits)).clamp(
             -qmax, qmax
@@ -460,7 +468,7 @@ def code_quadtree(base: torch.Tensor, step_params, rules: CodingRules, ops: Exac
             y_i[0][mask] = (y_i[0][mask] + r[0][mask]).clamp(-qmax, qmax)
         base[0][mask] = y_i[0][mask]
         total += y_i
-    return ops.from_fixed(total)
+    return ops.from_fixed(total).cpu()
 
 
 def floor_index(means_q: torch.Tensor, scales_q: torch.Tensor, rules: CodingRules, ops: ExactOps,
@@ -472,7 +480,7 @@ def floor_index(means_q: torch.Tensor, scales_q: torch.Tensor, rules: CodingRule
     scale next to the skip threshold falls on the side a float implementation puts it on
     whenever the two agree to better than the grid."""
     mean_k = torch.round(means_q * 2.0 ** (rules.mean_bits - ops.frac_bits)).to(torch.int64)
-    thresholds = torch.ceil(scale_table() * ops.one)  # the smallest grid value at or above each table scale
+    thresholds = torch.ceil(scale_table() * ops.one).to(scales_q.device)  # the smallest grid value >= each table scale
     idx = (torch.bucketize(scales_q, thresholds, right=True) - 1).clamp_(min=0)
     idx[scales_q < skip_below * ops.one] = -1
     return mean_k, idx
@@ -510,7 +518,7 @@ def snap(means: torch.Tensor, scales: torch.Tensor, rules: CodingRules = RULES) 
     mean_k = torch.round(means * 2.0**rules.mean_bits).to(torch.int64)
     j = torch.round(scales * 2.0**SCALE_BITS).to(torch.int64)
     # CompressAI's rule: the smallest table scale >= the predicted scale (scales <= 0.11 -> 0).
-    idx = torch.bucketize(j, _scale_thresholds(), right=True)
+    idx = torch.bucketize(j, _scale_thresholds().to(j.device), right=True)
     return mean_k, idx
 
 

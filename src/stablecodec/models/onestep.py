@@ -158,6 +158,9 @@ class OneStepModel(nn.Module):
         reduced precision want that layout (2-3x on this project's CPU, docs/performance.md).
         """
         self._placement = (device, dtype)
+        codec = self._modules.get("codec")
+        if codec is not None and hasattr(codec, "exact_device"):
+            codec.exact_device = device  # the exact path's integer arithmetic is the same on a GPU
         for name in self.STAGES:
             m = self._modules.get(name)
             if m is None:
