@@ -39,3 +39,16 @@ def machine() -> dict:
         "thp": thp,
         "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # what PyTorch's allocator was told
     }
+
+
+def append_rows(path: str | None, rows: list[dict], command: list[str] | None = None) -> None:
+    """Result rows, each with the command and the machine, appended to a JSON-lines file."""
+    import json
+    import sys
+
+    if not path:
+        return
+    extra = {"command": " ".join(command if command is not None else sys.argv), "machine": machine()}
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**r, **{k: v for k, v in extra.items() if k not in r}}) + "\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import stablecodec  # noqa: E402,F401
-from _machine import machine  # noqa: E402
+from _machine import append_rows  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -106,13 +106,10 @@ def main() -> None:
             if p.returncode:
                 raise SystemExit(p.stderr[-2000:])
             row = {"variant": v, "size": size, "precision": a.precision, **json.loads(p.stdout.strip().splitlines()[-1]),
-                   "flops_per_px": flops_per_pixel(v, w, h), "command": " ".join(sys.argv), "machine": machine()}
+                   "flops_per_px": flops_per_pixel(v, w, h)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    if a.out:
-        with open(a.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    append_rows(a.out, rows)
 
 
 if __name__ == "__main__":

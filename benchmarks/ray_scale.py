@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import stablecodec  # noqa: E402,F401
-from _machine import machine  # noqa: E402
+from _machine import append_rows  # noqa: E402
 from stablecodec import raydata  # noqa: E402
 
 
@@ -99,12 +99,7 @@ def main() -> None:
                          "bytes_equal_cli": same, "errors": sum(1 for r in out if r["error"])})
             print(json.dumps(rows[-1]), flush=True)
         ray.shutdown()
-    for r in rows:
-        r.update(command=" ".join(sys.argv), machine=machine())
-    if a.out:
-        with open(a.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    append_rows(a.out, rows)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ file layouts (``testing.write_released_aeic``); the full-size ones are ``slow``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

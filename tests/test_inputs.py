@@ -366,7 +366,7 @@ def test_models_lists_names_rates_and_presence(weights_home):
     assert lines[0] == f"weights directory: {weights_home}"
     for m in registry.MODELS:
         row = next(ln for ln in lines if ln[2:].split()[0] == m.name)
-        assert f"{m.bpp:.3f} bpp" in row
+        assert f"{m.bpp:.4f} bpp" in row
         state = "present" if registry.locate(m, weights_home).present else "missing"
         assert state in row
     assert "present" in next(ln for ln in lines if ln[2:].startswith("ft8 "))

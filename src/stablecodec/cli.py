@@ -16,10 +16,8 @@ past a file that fails, and ends with a summary line; ``--json`` writes a per-fi
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -33,71 +31,18 @@ import click
 from . import __version__
 from .cli_eval import eval_command
 from .errors import StableCodecError
+from .files import Failure, _fail, _note, _stdout_is_tty, _tty, write_atomic  # noqa: F401  (also the CLI's API)
+from .imageio import FOLDER_EXTENSIONS as IMAGE_EXTENSIONS  # imageio imports no torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Codec
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".avif", ".heic", ".heif", ".hif")
 SCDC = ".scdc"
 
 Shard = tuple[int, int]  # (I, N), 1 <= I <= N
 Job = tuple[str, str]  # (input, output); "-" for standard input/output
 #: ``work(input_bytes, input_name, output_name) -> (output_bytes, fields for the report)``
 Work = Callable[[bytes, str, str], "tuple[bytes, dict[str, Any]]"]
-
-
-class Failure(Exception):
-    """A one-line message for the user; exits with status 1."""
-
-
-def _fail(msg: str) -> None:
-    click.echo(f"stablecodec: error: {msg}", err=True)
-
-
-def _note(msg: str) -> None:
-    click.echo(f"stablecodec: note: {msg}", err=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Output files
-
-
-def write_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write via a temporary file in the same folder and rename; never clobber without force.
-
-    The temporary file is ``.<name>.<pid>.part`` (hidden, so a folder walk skips it) and is
-    removed on any failure or interruption: ``path`` either has all of ``data`` or is not
-    touched. Raises :class:`FileExistsError` if ``path`` exists (or appears meanwhile) and
-    not ``force``.
-    """
-    if path.exists() and not force:
-        raise FileExistsError(str(path))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # a file where a folder should be: not "the output exists"
-        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its folder", str(path.parent)) from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:  # atomic no-clobber: a hard link fails if the name exists
-                os.link(tmp, path)
-            except FileExistsError:
-                raise
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise FileExistsError(str(path)) from None
-                os.replace(tmp, path)
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _read_input(src: str) -> bytes:
@@ -278,17 +223,6 @@ def _codec(model: str | None = None, bpp: float | None = None, weights_dir: str 
 
 def _files(sd_turbo, checkpoint, elic, half_decoder) -> dict[str, str | None]:
     return dict(sd_turbo=sd_turbo, checkpoint=checkpoint, elic=elic, half_decoder=half_decoder)
-
-
-def _tty() -> bool:
-    return sys.stderr.isatty()
-
-
-def _stdout_is_tty() -> bool:
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def run_jobs(kind: str, jobs: list[Job], batch: bool, work: Work, force: bool, quiet: bool,
@@ -675,7 +609,7 @@ def models(weights_dir, as_json):
     for r in rows:
         mark = "*" if r["default"] else " "
         state = "present" if r["present"] else "missing"
-        click.echo(f"{mark} {r['name']:<8} {r['bpp']:>7.3f} bpp  {state:<8} {r['description']}")
+        click.echo(f"{mark} {r['name']:<13} {r['bpp']:>7.4f} bpp  {state:<8} {r['description']}")
     click.echo("(* default; bpp: typical rate, lite on the val photos, released models on Kodak)")
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from . import registry
+
 from .errors import StableCodecError
 
 
@@ -52,7 +54,8 @@ def _names(value: str | None, known: tuple[str, ...], param_hint: str) -> list[s
                    "--bpp target, else lite-3 (or $STABLECODEC_MODEL).")
 @click.option("--bpp", metavar="LIST", help="Target rates, e.g. 0.01,0.03,0.1: the baselines are matched to each "
                                             "(default: the typical rates of the models evaluated).")
-@click.option("--family", type=click.Choice(["lite", "stablecodec"]), default="lite", show_default=True,
+@click.option("--family", type=click.Choice(sorted(registry.FAMILIES)), default="lite",
+              show_default=True,
               help="Model family that --bpp picks from when no --model is given.")
 @click.option("--baselines", metavar="LIST",
               help="Classic codecs at matched rate: jpeg,webp,avif or none (default: all that Pillow supports).")
@@ -82,7 +85,7 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
       stablecodec eval kodak/ --model ft2 --model ft8 --weights-dir W --csv kodak.csv
       stablecodec eval photos/ --bpp 0.01,0.03,0.1 --baselines jpeg,webp,avif --plot rd/
     """
-    from .cli import Failure, _fail, _tty, write_atomic
+    from .files import Failure, _fail, _tty, write_atomic
     from .evaluate import BASELINES, METRICS, Evaluation, find_images, format_table, plot_files, to_csv, to_json
 
     targets = _floats(bpp, "--bpp")

@@ -916,7 +916,7 @@ def summarize(results: Sequence[Result], dataset: dict[str, dict[str, float]] | 
     for group, rows in groups.items():
         reached = [r for r in rows if r.bpp is not None]
         first = rows[0]
-        model = first.codec in ("lite", "stablecodec")
+        model = first.codec in registry.FAMILIES
         qualities = [r.quality for r in reached if r.quality is not None]
         scales = sorted({r.scale for r in reached if r.scale is not None})
         labels = {f: s for s, f in SCALES}
@@ -959,7 +959,7 @@ def format_table(report: Report) -> str:
     head = {"target_bpp": "target", "n": "n", "psnr": "PSNR", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS",
             "fid": "FID", "kid": "KID", "scale": "scale"}
     lines = ["  ".join(f"{head.get(c, c):<{w}}" if d is None else f"{head.get(c, c):>{w}}" for c, w, d in cols)]
-    order = {name: i for i, name in enumerate(("lite", "stablecodec", *BASELINES))}
+    order = {name: i for i, name in enumerate((*registry.FAMILIES, *BASELINES))}
 
     def key(e: dict[str, Any]) -> tuple:
         # Models first (by rate), then each baseline in the usual order, by target.
@@ -1036,7 +1036,7 @@ def plot_files(report: Report) -> dict[str, bytes]:
             y = s.get(metric)
             if s["bpp"] is None or y is None or not math.isfinite(y):
                 continue
-            label = s["setting"] if s["codec"] in ("lite", "stablecodec") else ""
+            label = s["setting"] if s["codec"] in registry.FAMILIES else ""
             if s["reached"] < s["images"]:
                 # A mean over fewer images is not comparable with its neighbours: say so on the point.
                 label = f"{label} ({s['reached']}/{s['images']} images)".strip()

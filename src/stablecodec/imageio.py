@@ -46,6 +46,8 @@ from .errors import ImageError, LimitError
 
 READ_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".avif",
                    ".heic", ".heif", ".hif"}
+# What a folder walk codes (named directly, anything in READ_EXTENSIONS is read).
+FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".avif", ".heic", ".heif", ".hif")
 METADATA_LEVELS = ("none", "exif", "all")
 HEIF_EXTRA = "pip install 'stablecodec[heif]'"
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",

@@ -121,7 +121,7 @@ class CodecWorker:
 
     def _write(self, dst: str, out: bytes) -> None:
         if self.local:
-            from .cli import write_atomic
+            from .files import write_atomic
 
             write_atomic(Path(dst), out, self.force)
             return
@@ -175,7 +175,7 @@ def run(direction: str, sources, destination: str, *, codec_kwargs: dict | None 
     if workers < 1 or batch_size < 1 or gpus_per_worker < 0:
         raise ConfigError("--workers and --batch-size must be at least 1, --gpus-per-worker at least 0")
     if direction == "encode":
-        from .cli import IMAGE_EXTENSIONS as exts
+        from .imageio import FOLDER_EXTENSIONS as exts
         suffix, options = ".scdc", options or jobs.EncodeOptions()
     else:
         exts, options = (".scdc",), options or jobs.DecodeOptions()

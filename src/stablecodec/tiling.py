@@ -225,6 +225,19 @@ def _px(kind: str, pixels: int, scale: float) -> int:
     return int(_PER_PX[kind] * pixels * scale)
 
 
+def _rooms(budget: int, weights_encode: int, weights_decode: int) -> tuple[int, int, int, int]:
+    """(encode base, decode base, room left for activations when encoding, when decoding):
+    the runtime and weights, and 90 % of the budget less them (the estimates are within about
+    10 % of measurements). ValueError when even the weights do not fit."""
+    usable = int(0.9 * budget)
+    base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
+    if max(base_e, base_d) > usable:
+        need = max(base_e, base_d) / 0.9
+        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold this model's weights and the "
+                         f"runtime (needs at least {need / GB:.1f} GB); raise --max-memory")
+    return base_e, base_d, usable - base_e, usable - base_d
+
+
 def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, weights_encode: int,
                      weights_decode: int, widths: dict[str, float] | None = None) -> MemoryPlan:
     """The fastest plan whose estimated peak fits ``budget`` (bytes, whole process).
@@ -245,13 +258,7 @@ def plan_stablecodec(height: int, width: int, *, budget: int, dtype_bytes: int, 
                  "gs_aux": "codec", "exact": "codec"}.get(kind)
         return int(_PER_PX[kind] * pixels * scale * (wd[stage] if stage else 1.0))
 
-    usable = int(0.9 * budget)  # the estimates are within about 10 % of measurements
-    base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
-    if max(base_e, base_d) > usable:
-        need = max(base_e, base_d) / 0.9
-        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold this model's weights and the "
-                         f"runtime (needs at least {need / GB:.1f} GB); raise --max-memory")
-    room_e, room_d = usable - base_e, usable - base_d
+    base_e, base_d, room_e, room_d = _rooms(budget, weights_encode, weights_decode)
     image = int(24 * px)  # the input as float32, and its padded copy
     band = 4 * MB
     band_work = _BAND_WORKSET * band * dtype_bytes
@@ -344,13 +351,7 @@ def plan_aeic(height: int, width: int, *, budget: int, dtype_bytes: int, weights
     for g_a and g_s, bands for the halfDecoder, when the budget needs them."""
     px = height * width
     sc = dtype_bytes / 4.0
-    usable = int(0.9 * budget)
-    base_e, base_d = RUNTIME + weights_encode, RUNTIME + weights_decode
-    if max(base_e, base_d) > usable:
-        need = max(base_e, base_d) / 0.9
-        raise ValueError(f"the memory budget ({budget / GB:.1f} GB) cannot hold this model's weights and the "
-                         f"runtime (needs at least {need / GB:.1f} GB); raise --max-memory")
-    room_e, room_d = usable - base_e, usable - base_d
+    base_e, base_d, room_e, room_d = _rooms(budget, weights_encode, weights_decode)
     first = widths.analysis[0] if widths is not None else 32
     ga_px = _AEIC_PER_PX["g_a"] * first * sc
     image = int(24 * px)

@@ -35,9 +35,10 @@ from torch import nn
 from ..errors import FormatError
 from ._compressai import entropy_bottleneck, gaussian_conditional
 from .blocks import FLOAT, Adapter, BasicBlock, ShuffleDown, ShuffleUp, Stack, StarBlock
-from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables
-from .fixedpoint import ExactOps, Numerics
-from .latent_codec import RULES, CodingRules, Compressed, StepRules, Y_LIMIT, code_quadtree, quadtree_masks
+from .entropy import StreamReader, StreamWriter, Table
+from .fixedpoint import ExactOps
+from .latent_codec import (RULES, CodingRules, Compressed, ExactEntropyPath, StepRules, Y_LIMIT, code_quadtree,
+                           quadtree_masks)
 
 AEIC_STEPS = StepRules(index="floor", lrp=False, skip_below=0.08)
 
@@ -152,7 +153,7 @@ def _pad_reflect(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return pad_to_multiple(x, multiple)
 
 
-class AEICCodec(nn.Module):
+class AEICCodec(ExactEntropyPath, nn.Module):
     """The sender's half of AEIC's codec -- g_a, h_a, h_s, the context model and the
     hyper-latent's density -- with the exact entropy path. g_s is a separate module
     (:class:`Synthesis`), loaded only to decode."""
@@ -173,36 +174,11 @@ class AEICCodec(nn.Module):
         self._tables: tuple[list[Table], list[Table], torch.Tensor] | None = None
         self.exact_device = "cpu"  # where the parameter path runs (the model's device: placed with it)
 
-    # -- shared with LatentCodec's entropy path ------------------------------------------
+    # -- the entropy path (ExactEntropyPath: parameter network, exact numerics, tables) ----
 
     def parameter_modules(self) -> list[nn.Module]:
         """The modules whose outputs choose probability tables; kept in float32, run exactly."""
         return [self.h_s, self.g_c, self.entropy_bottleneck, *self.adapter_in, *self.adapter_out]
-
-    def exact_ops(self, numerics: Numerics = RULES.numerics) -> ExactOps:
-        ops = self._exact.get(numerics.name)
-        if ops is None:
-            ops = ExactOps(numerics)
-            for m in self.parameter_modules():
-                ops.prepare(m)
-            self._exact[numerics.name] = ops
-        return ops
-
-    def tables(self) -> tuple[list[Table], list[Table], torch.Tensor]:
-        if self._tables is None:
-            z_tables, medians = bottleneck_tables(self.entropy_bottleneck)
-            self._tables = (gaussian_tables(), z_tables, medians)
-        return self._tables
-
-    def set_tables(self, gaussian: list[Table], bottleneck: list[Table], medians: torch.Tensor) -> None:
-        self._tables = (gaussian, bottleneck, medians.to(torch.float32))
-
-    def reset_caches(self) -> None:
-        self._exact = {}
-        self._tables = None
-
-    def _step_params(self, base, i: int, ops=FLOAT):
-        return self.adapter_out[i](self.g_c(self.adapter_in[i](base, ops), ops), ops).chunk(2, dim=1)
 
     def y_shape(self, padded_hw: tuple[int, int]) -> tuple[int, int]:
         s = self.cfg.stride

@@ -200,7 +200,41 @@ class Compressed:
     y_shape: tuple[int, int]
 
 
-class LatentCodec(nn.Module):
+class ExactEntropyPath:
+    """What every family's latent codec shares for its entropy path: the four quadtree steps'
+    parameter network (``adapter_in[i]``, the shared ``g_c``, ``adapter_out[i]``), its exact
+    numerics per version, and the probability tables. The codec provides
+    ``parameter_modules()``, ``entropy_bottleneck`` and those three modules."""
+
+    def _step_params(self, base, i: int, ops=FLOAT):
+        return self.adapter_out[i](self.g_c(self.adapter_in[i](base, ops), ops), ops).chunk(2, dim=1)
+
+    def exact_ops(self, numerics: Numerics = RULES.numerics) -> ExactOps:
+        ops = self._exact.get(numerics.name)
+        if ops is None:
+            ops = ExactOps(numerics)
+            for m in self.parameter_modules():
+                ops.prepare(m)
+            self._exact[numerics.name] = ops
+        return ops
+
+    def tables(self) -> tuple[list[Table], list[Table], torch.Tensor]:
+        """(Gaussian tables, bottleneck tables, bottleneck medians), built or loaded once."""
+        if self._tables is None:
+            z_tables, medians = bottleneck_tables(self.entropy_bottleneck)
+            self._tables = (gaussian_tables(), z_tables, medians)
+        return self._tables
+
+    def set_tables(self, gaussian: list[Table], bottleneck: list[Table], medians: torch.Tensor) -> None:
+        self._tables = (gaussian, bottleneck, medians.to(torch.float32))
+
+    def reset_caches(self) -> None:
+        """Forget integer weights and tables (after the weights changed)."""
+        self._exact = {}
+        self._tables = None
+
+
+class LatentCodec(ExactEntropyPath, nn.Module):
     """g_a, h_a, h_s, the four-step context model with LRP, g_s and the auxiliary decoder."""
 
     def __init__(self, cfg: LatentCodecConfig = LatentCodecConfig()):
@@ -233,9 +267,6 @@ class LatentCodec(nn.Module):
     def parameter_modules(self) -> list[nn.Module]:
         """The modules whose outputs choose probability tables; kept in float32, run exactly."""
         return [self.h_s, self.g_c, self.entropy_bottleneck, *self.adapter_in, *self.adapter_out, *self.LRP]
-
-    def _step_params(self, base, i: int, ops=FLOAT):
-        return self.adapter_out[i](self.g_c(self.adapter_in[i](base, ops), ops), ops).chunk(2, dim=1)
 
     def _gain(self, name: str, rate, like: torch.Tensor) -> torch.Tensor:
         g = getattr(self, name)[rate]
@@ -288,30 +319,6 @@ class LatentCodec(nn.Module):
         return y_hat, y_likelihoods, z_likelihoods
 
     # -- inference ---------------------------------------------------------------------
-
-    def exact_ops(self, numerics: Numerics = RULES.numerics) -> ExactOps:
-        ops = self._exact.get(numerics.name)
-        if ops is None:
-            ops = ExactOps(numerics)
-            for m in self.parameter_modules():
-                ops.prepare(m)
-            self._exact[numerics.name] = ops
-        return ops
-
-    def tables(self) -> tuple[list[Table], list[Table], torch.Tensor]:
-        """(Gaussian tables, bottleneck tables, bottleneck medians), built or loaded once."""
-        if self._tables is None:
-            z_tables, medians = bottleneck_tables(self.entropy_bottleneck)
-            self._tables = (gaussian_tables(), z_tables, medians)
-        return self._tables
-
-    def set_tables(self, gaussian: list[Table], bottleneck: list[Table], medians: torch.Tensor) -> None:
-        self._tables = (gaussian, bottleneck, medians.to(torch.float32))
-
-    def reset_caches(self) -> None:
-        """Forget integer weights and tables (after the weights changed)."""
-        self._exact = {}
-        self._tables = None
 
     def y_shape(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
         s = self.cfg.stride

@@ -21,7 +21,6 @@ the model first decodes (from a memory-mapped pickle or by name from the convert
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .. import registry
 from ..errors import WeightsError
 from ..models.aeic import AEICCodec, AEICConfig, Synthesis
 from ..models.onestep import Lazy
-from .common import (FORMAT, LORA_ALPHA, _assign, _config_json, _dir_bytes, _from_pretrained, _on_meta,
+from .common import (save_atomic, FORMAT, LORA_ALPHA, _assign, _config_json, _dir_bytes, _from_pretrained, _on_meta,
                      _read_safetensors, _require_file, _safetensors_bytes, _set_tables, _sub, _tables_state,
                      fingerprint, load_pickle, load_strict, merge_lora)
 
@@ -232,7 +231,6 @@ def _read_plain_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def convert_half_decoder(path: Path, out: Path | None = None) -> Path:
     """halfDecoder.ckpt -> halfDecoder.safetensors, reading only its tensors (no code runs)."""
-    from safetensors.torch import save_file
 
     from .common import tensors_without_code
 
@@ -241,9 +239,7 @@ def convert_half_decoder(path: Path, out: Path | None = None) -> Path:
     tensors = decoder_keys(tensors_without_code(path), str(path))
     decoder_config(tensors)  # it must have the layout
     out = Path(out) if out else path.with_name(CONVERTED_HALF_DECODER)
-    tmp = out.with_name(out.name + ".part")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, out)
+    save_atomic({k: v.contiguous() for k, v in tensors.items()}, out)
     return out
 
 
@@ -301,7 +297,6 @@ def name_from_checkpoint(path: Path) -> str | None:
 def convert(sd_turbo: Path, checkpoint: Path, half_decoder: Path, out: Path, name: str) -> str:
     """The released files -> one safetensors file (codec, g_s, the merged UNet, the halfDecoder,
     the entropy tables, the configurations). Returns the fingerprint."""
-    from safetensors.torch import save_file
 
     model, fp = load_released(sd_turbo, checkpoint, half_decoder)
     tensors: dict[str, torch.Tensor] = {}
@@ -318,10 +313,7 @@ def convert(sd_turbo: Path, checkpoint: Path, half_decoder: Path, out: Path, nam
             "codec_config": json.dumps({**cfg.__dict__, "analysis": list(cfg.analysis), "synthesis": list(cfg.synthesis)}),
             "unet_config": _config_json(unet.config), "unet_conv": json.dumps([unet.conv_in.in_channels,
                                                                                unet.conv_out.out_channels])}
-    out = Path(out)
-    tmp = out.with_name(out.name + ".part")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    save_atomic(tensors, out, meta)
     return fp
 
 

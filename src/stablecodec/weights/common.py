@@ -111,6 +111,16 @@ def _unpickling_verdict(e: Exception) -> str:
     return f"not a readable PyTorch checkpoint ({first.strip()[:160]})"
 
 
+def save_atomic(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written to ``<out>.part`` and renamed: ``out`` is whole or absent."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, out)
+
+
 def _require_file(path: Path, what: str) -> None:
     if not Path(path).is_file():
         raise WeightsError(f"{what} not found: {path}")

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import WeightsError
 from ..models.latent_codec import LatentCodecConfig
-from .common import FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
+from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
 
 
 def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True) -> str:
     """Write the default network (fp16 weights, tables, rate names) to one safetensors file."""
     import dataclasses
 
-    from safetensors.torch import save_file
 
     sd = {f"lite.{k}": (v.half() if half and v.is_floating_point() else v).detach().contiguous()
           for k, v in net.state_dict().items()}
@@ -27,10 +25,7 @@ def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = 
     tensors = {**sd, **_tables_state(tmp_net.codec)}
     meta = {"format": FORMAT, "family": "lite", "fingerprint": fp, "config": json.dumps(dataclasses.asdict(net.cfg)),
             "rates": json.dumps(rates)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    save_atomic(tensors, path, meta)
     return fp
 
 

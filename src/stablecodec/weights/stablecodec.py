@@ -28,8 +28,7 @@ from .. import registry
 from ..errors import WeightsError
 from ..models.denoiser import OneStepDenoiser
 from ..models.latent_codec import LatentCodec, LatentCodecConfig
-from .common import (FORMAT, _assign, _config_json, _dir_bytes, _from_pretrained, _on_meta, _quiet_libraries,
-                     _read_safetensors, _require_file, _safetensors_bytes, _set_tables, _sub, _tables_state,
+from .common import (save_atomic, FORMAT, _assign, _config_json, _dir_bytes, _from_pretrained, _on_meta, _read_safetensors, _require_file, _safetensors_bytes, _set_tables, _sub, _tables_state,
                      fingerprint, load_pickle, load_strict, merge_lora)
 
 PROMPT = ("A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural "
@@ -85,7 +84,6 @@ def load_codec(sd: dict[str, torch.Tensor], cfg: LatentCodecConfig | None = None
 
 
 def _elic_from_pth(path: Path):
-    from ..models.encoder import ElicAnalysis
 
     sd = load_pickle(path, "ELIC checkpoint")
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -233,7 +231,6 @@ def released_unet(sd_turbo: Path, unet_state: dict[str, torch.Tensor]):
 
 def convert(sd_turbo: Path, checkpoint: Path, elic: Path, out: Path, name: str) -> str:
     """The released files -> one safetensors file. Returns the fingerprint."""
-    from safetensors.torch import save_file
 
     model, fp = load_released(sd_turbo, checkpoint, elic)
     tensors: dict[str, torch.Tensor] = {}
@@ -253,10 +250,7 @@ def convert(sd_turbo: Path, checkpoint: Path, elic: Path, out: Path, name: str) 
         "abar": repr(model.denoiser.abar),
         "scaling_factor": repr(model.scaling_factor),
     }
-    out = Path(out)
-    tmp = out.with_name(out.name + ".part")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    save_atomic(tensors, out, meta)
     return fp
 
 
