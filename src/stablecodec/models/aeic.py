@@ -34,11 +34,11 @@ from torch import nn
 
 from ..errors import FormatError
 from ._compressai import entropy_bottleneck, gaussian_conditional
-from .blocks import FLOAT, Adapter, BasicBlock, ShuffleDown, ShuffleUp, Stack, StarBlock
+from .blocks import FLOAT, Adapter, ShuffleDown, ShuffleUp, Stack, StarBlock
 from .entropy import StreamReader, StreamWriter, Table
 from .fixedpoint import ExactOps
-from .latent_codec import (RULES, CodingRules, Compressed, ExactEntropyPath, StepRules, Y_LIMIT, code_quadtree,
-                           quadtree_masks)
+from .latent_codec import (RULES, CodingRules, Compressed, ExactEntropyPath, SpatialContext, StepRules, Y_LIMIT,
+                           code_quadtree, quadtree_masks)
 
 AEIC_STEPS = StepRules(index="floor", lrp=False, skip_below=0.08)
 
@@ -116,15 +116,6 @@ class HyperSynthesis(nn.Module):
         return self.increase(x, ops)
 
 
-class ContextBlocks(nn.Module):
-    def __init__(self, channels: int, depth: int):
-        super().__init__()
-        self.block = Stack(*[BasicBlock(channels) for _ in range(depth)])
-
-    def forward(self, x, ops=FLOAT):
-        return self.block(x, ops)
-
-
 class Synthesis(nn.Module):
     """g_s: y -> 576 channels at 1/8 (l_T, then r)."""
 
@@ -166,7 +157,7 @@ class AEICCodec(ExactEntropyPath, nn.Module):
         self.h_a = HyperAnalysis(M)
         self.h_s = HyperSynthesis(M)
         self.adapter_in = nn.ModuleList(Adapter(M, cfg.context) for _ in range(4))
-        self.g_c = ContextBlocks(cfg.context, cfg.context_depth)
+        self.g_c = SpatialContext(cfg.context, cfg.context_depth)  # StableCodec's g_c, at AEIC's widths
         self.adapter_out = nn.ModuleList(Adapter(cfg.context, 2 * M) for _ in range(4))
         self.entropy_bottleneck = entropy_bottleneck(M // 2)
         self.gaussian_conditional = gaussian_conditional()
