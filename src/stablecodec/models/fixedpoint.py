@@ -387,17 +387,23 @@ class _InterpTable:
         self.sub = nx.frac_bits - self.STEP_BITS  # grid points per table step: 2**sub
         self.n = int(limit) << self.STEP_BITS
         x = torch.arange(-self.n, self.n + 2, dtype=torch.float64) * 2.0**-self.STEP_BITS
-        self.table = fn(x)
+        t = fn(x)
+        # (value, slope) pairs side by side: one gather per point; the slope hi - lo is the
+        # same IEEE subtraction whether made here or at each call
+        self.table = torch.stack((t[:-1], t[1:] - t[:-1]), 1)
+        self._on: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        table = self._on.get(q.device)
+        if table is None:
+            table = self._on[q.device] = self.table.to(q.device)
         qi = q.to(torch.int64)
         idx = (qi >> self.sub) + self.n
         inside = (idx >= 0) & (idx < 2 * self.n + 1)
         idx.clamp_(0, 2 * self.n)
         frac = (qi & ((1 << self.sub) - 1)).to(torch.float64) * 2.0**-self.sub
-        table = self.table.to(q.device)
-        lo, hi = table[idx], table[idx + 1]
-        out = _requant(lo + frac * (hi - lo), self.nx)
+        pair = table[idx]
+        out = _requant(pair[..., 0] + frac * pair[..., 1], self.nx)
         if not bool(inside.all()):
             out[~inside] = _elementwise(self.fn, q[~inside], self.nx)
         return out
