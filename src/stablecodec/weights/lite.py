@@ -12,8 +12,13 @@ from ..models.latent_codec import LatentCodecConfig
 from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
 
 
-def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True) -> str:
-    """Write the default network (fp16 weights, tables, rate names) to one safetensors file."""
+def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True,
+              training: dict | None = None) -> str:
+    """Write the default network (fp16 weights, tables, rate names) to one safetensors file.
+
+    ``training`` (e.g. the steps behind the weights) is stored as metadata for the next
+    training part; it is not part of the fingerprint, which covers the tensors.
+    """
     import dataclasses
 
 
@@ -25,6 +30,8 @@ def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = 
     tensors = {**sd, **_tables_state(tmp_net.codec)}
     meta = {"format": FORMAT, "family": "lite", "fingerprint": fp, "config": json.dumps(dataclasses.asdict(net.cfg)),
             "rates": json.dumps(rates)}
+    if training:
+        meta["training"] = json.dumps(training)
     save_atomic(tensors, path, meta)
     return fp
 
