@@ -409,6 +409,8 @@ def main() -> None:
                "--training", json.dumps({"steps": lineage["steps_before"] + best["step"]})]
         subprocess.run(cmd, check=True)
         run["exported"] = args.export
+    elif args.export == "none":
+        print(f"not exported (--export none); the best state: {best_path}, {best['bd']:+.3f} dB BD-PSNR from the start")
     else:
         print(f"not exported: the best state is {best['bd']:+.3f} dB BD-PSNR from the start (needs > {args.min_gain})")
     with open(out / "runs.jsonl", "a") as f:
