@@ -35,18 +35,20 @@ CONTAINER_BYTES = 31 + 4  # header (19) + colour (12) + CRC, rounded up
 EXTS = {".png", ".jpg", ".jpeg", ".webp"}
 
 
+def centre_crop(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """The largest centred crop of ``size``'s aspect, resized to ``size``, as float32 in [0, 1]."""
+    w0, h0 = size
+    w, h = im.size
+    cw, ch = (h * w0 // h0, h) if w * h0 > h * w0 else (w, w * h0 // w0)
+    box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
+    return np.asarray(im.crop(box).resize(size, Image.LANCZOS), dtype=np.float32) / 255.0
+
+
 def kodak_crop(path: Path) -> np.ndarray:
     """Centre 3:2 crop resized to 768x512, as ../shared/data/get-photos makes its kodak/ set."""
     im = Image.open(path).convert("RGB")
     im.thumbnail((2048, 2048), Image.LANCZOS)
-    w, h = im.size
-    if w * 2 > h * 3:
-        cw = h * 3 // 2
-        box = ((w - cw) // 2, 0, (w - cw) // 2 + cw, h)
-    else:
-        ch = w * 2 // 3
-        box = (0, (h - ch) // 2, w, (h - ch) // 2 + ch)
-    return np.asarray(im.crop(box).resize((768, 512), Image.LANCZOS), dtype=np.float32) / 255.0
+    return centre_crop(im, (768, 512))
 
 
 def gains_at(net: LiteNet, r: float) -> dict[str, torch.Tensor]:

@@ -49,6 +49,8 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from export_default import centre_crop, gains_at  # noqa: E402
 from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
 
 # Five rates spanning about 0.005 to 0.1 bpp on 768x512 photos (each about 5x the last).
@@ -98,14 +100,7 @@ def load_images(folders: list[str], crop: int, scales: tuple[float, ...],
 
 def val_images(folders: list[str], limit: int) -> torch.Tensor:
     """Centre 4:3 crops of the validation photos resized to VAL_SIZE, (N, 3, H, W) in [0, 1]."""
-    w0, h0 = VAL_SIZE
-    xs = []
-    for p in image_paths(folders)[:limit]:
-        im = Image.open(p).convert("RGB")
-        w, h = im.size
-        cw, ch = (h * w0 // h0, h) if w * h0 > h * w0 else (w, w * h0 // w0)
-        box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
-        xs.append(np.asarray(im.crop(box).resize(VAL_SIZE, Image.LANCZOS), dtype=np.float32) / 255)
+    xs = [centre_crop(Image.open(p).convert("RGB"), VAL_SIZE) for p in image_paths(folders)[:limit]]
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -143,6 +138,11 @@ def parse_weight(text: str) -> tuple[str, float]:
         raise SystemExit(f"train_default: --source-weight wants SOURCE=W, got {text!r}") from None
 
 
+def likelihood_bpp(y_lik: torch.Tensor, z_lik: torch.Tensor, npix: int) -> torch.Tensor:
+    """Bits per pixel of each image, read off the likelihoods of y and z."""
+    return (y_lik.log2().flatten(1).sum(1) + z_lik.log2().flatten(1).sum(1)) / -npix
+
+
 def lr_at(progress: float, base: float, warmup: float) -> float:
     """Warm-up over the first ``warmup`` of the part, constant, then a cosine decay to base/10 over the last 30 %."""
     if progress < warmup:
@@ -167,8 +167,7 @@ def validate(net: LiteNet, x: torch.Tensor, device: str, amp: bool) -> list[dict
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
                 x_hat, y_lik, z_lik = net(xb, rate, noise=False)
             x_hat = x_hat.float().clamp(0, 1)
-            npix = xb.shape[2] * xb.shape[3]
-            bpp += ((y_lik.log2().flatten(1).sum(1) + z_lik.log2().flatten(1).sum(1)) / -npix).tolist()
+            bpp += likelihood_bpp(y_lik, z_lik, xb.shape[2] * xb.shape[3]).tolist()
             mse = (x_hat - xb).pow(2).flatten(1).mean(1)
             psnr += (-10 * torch.log10(mse.clamp_min(1e-10))).tolist()
         rows.append({"rate": k, "bpp": round(float(np.mean(bpp)), 5), "psnr": round(float(np.mean(psnr)), 3)})
@@ -217,9 +216,6 @@ def from_weights(path: Path) -> tuple[LiteNet, dict]:
     # The file stores buffers as float16, where the likelihood bound 1e-9 is 0: training
     # with it lets a likelihood reach 0 (an infinite loss). It plays no part in coding.
     net.load_state_dict({**shipped.state_dict(), **fresh})
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from export_default import gains_at
-
     with torch.no_grad():
         spread = [gains_at(shipped, r) for r in np.linspace(-1.0, shipped.cfg.codec.rates - 1, shipped.cfg.codec.rates)]
         for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
@@ -276,6 +272,9 @@ def main() -> None:
         init_gains(net)
     else:
         net, lineage = from_weights(Path(args.init))
+    # On its device before the optimisers load their state: load_state_dict casts the
+    # state to the parameters' device.
+    net = net.to(device, memory_format=torch.channels_last).train()
     eb = net.codec.entropy_bottleneck
     main_params = [p for n, p in net.named_parameters() if not n.endswith("quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
@@ -289,12 +288,6 @@ def main() -> None:
         state, lineage = ck["state"], ck["lineage"]
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed this part at step {state['step']}")
-    net = net.to(device, memory_format=torch.channels_last).train()
-    for o in (opt, aux_opt):  # optimiser state follows the parameters
-        for s in o.state.values():
-            for k, v in s.items():
-                if torch.is_tensor(v) and v.dim():
-                    s[k] = v.to(device)
     vx = val_images(args.val, args.val_images)
     print(f"{len(vx)} validation crops {VAL_SIZE[0]}x{VAL_SIZE[1]}")
     if state["start_val"] is None:
@@ -337,7 +330,7 @@ def main() -> None:
         log.flush()
         tqdm.write(f"step {state['step']}: BD-PSNR vs start {bd:+.3f} dB  " +
                    "  ".join(f"{r['bpp']:.4f}/{r['psnr']:.2f}" for r in rows))
-        if bd == bd and bd > state["best"]["bd"]:
+        if not math.isnan(bd) and bd > state["best"]["bd"]:
             state["best"] = {"step": state["step"], "bd": bd, "val": rows}
             save(best_path, {"model": {k: v.cpu() for k, v in net.state_dict().items()},
                              "step": lineage["steps_before"] + state["step"]})
@@ -356,8 +349,7 @@ def main() -> None:
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             x_hat, y_lik, z_lik = net(x, rate, noise=p < args.noise_frac)
         x_hat = x_hat.float()
-        npix = x.shape[2] * x.shape[3]
-        bpp = (y_lik.log2().flatten(1).sum(1) + z_lik.log2().flatten(1).sum(1)) / -npix
+        bpp = likelihood_bpp(y_lik, z_lik, x.shape[2] * x.shape[3])
         mse = (x_hat - x).pow(2).flatten(1).mean(1)
         loss = (bpp + lambdas[rate] * 255**2 * mse).mean()
         opt.zero_grad(set_to_none=True)
