@@ -7,10 +7,13 @@
 The network was trained with five rate gains; the shipped rate points lite-1 ... lite-5
 are placed at target rates (``TARGETS`` bpp) by interpolating the gain vectors
 geometrically between neighbouring trained rates (Cui et al., CVPR 2021), each target
-found by bisection on *training* photos (768x512 centre crops of them reduced as the
-evaluation's Kodak-style crops are; spread over the sorted list, so over the sources)
--- never on evaluation images. The bisection reads the rate off the likelihoods (plus
-the container's bytes); each chosen point is then measured with the real coder. Weights are stored
+found on a grid of fractional rates over *training* photos (768x512 centre crops of
+them reduced as the evaluation's Kodak-style crops are; spread over the sorted list, so
+over the sources) -- never on evaluation images. The grid's rates are read off the
+likelihoods (plus the container's bytes); each target takes the grid rate closest to it
+in log-rate among those above the previous point's, so the five points are increasing
+even where the rate is not monotone in the gain (a bisection assumed it was, and put two
+points together). Each chosen point is then measured with the real coder. Weights are stored
 as float16 (the file stays under 30 MB) with the entropy tables computed from exactly
 those values; the fingerprint covers the stored tensors.
 """
@@ -105,7 +108,7 @@ def main() -> None:
     ap.add_argument("--calibrate", nargs="+", required=True, help="folders of training photos")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "weights" / "lite.safetensors"))
     ap.add_argument("--max-images", type=int, default=8)
-    ap.add_argument("--iterations", type=int, default=10, help="bisection steps per rate point")
+    ap.add_argument("--grid-step", type=float, default=0.125, help="spacing of the fractional rates tried")
     ap.add_argument("--training", default=None, help="JSON stored as the file's training metadata (e.g. its steps)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -120,18 +123,20 @@ def main() -> None:
     images = [kodak_crop(p) for p in paths]
     print(f"calibrating on {len(images)} training photos (768x512 crops), trained at step {ck['step']}")
     K = net.cfg.codec.rates
-    trained = [estimate_bpp(with_rates(net, [gains_at(net, k)]), images) for k in range(K)]
-    print("trained rates bpp (estimated):", [round(b, 4) for b in trained])
+    grid = np.arange(-1.0, K - 1 + 0.5 + 1e-9, a.grid_step)  # a little extrapolation past both ends
+    est = [estimate_bpp(with_rates(net, [gains_at(net, r)]), images) for r in grid]
+    print("grid rate -> bpp (estimated):", " ".join(f"{r:.2f}:{b:.4f}" for r, b in zip(grid, est)))
     points, rates = [], []
+    floor_rate, floor_bpp = -np.inf, 0.0
     for i, target in enumerate(TARGETS):
-        lo, hi = -1.0, K  # allow a little extrapolation beyond the trained ends
-        for _ in range(a.iterations):
-            mid = (lo + hi) / 2
-            if estimate_bpp(with_rates(net, [gains_at(net, mid)]), images) > target:
-                hi = mid
-            else:
-                lo = mid
-        r = lo
+        # Above the previous point in both rate and bits, so lite-k+1 always spends more.
+        cand = [j for j in range(len(grid)) if grid[j] > floor_rate and est[j] > floor_bpp * 1.1]
+        if not cand:
+            raise SystemExit(f"export_default: no rate above {floor_bpp:.4f} bpp left for {target} bpp; "
+                             "widen the grid or lower TARGETS")
+        j = min(cand, key=lambda j: abs(np.log(est[j] / target)))
+        r = float(grid[j])
+        floor_rate, floor_bpp = r, est[j]
         g = gains_at(net, r)
         bpp = measure_bpp(with_rates(net, [g]), images)
         points.append(g)

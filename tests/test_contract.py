@@ -57,12 +57,10 @@ def family(request, tmp_path_factory):
 
 
 def _y_hat(codec: Codec, data: bytes) -> torch.Tensor:
-    from stablecodec.models.latent_codec import rules_for_format
-
     h, payload = container.unpack(data)
     m = codec.get_model().model
     hp, wp = -(-h.height // m.stride) * m.stride, -(-h.width // m.stride) * m.stride
-    kw = {"rules": rules_for_format(h.version[0])}
+    kw = {"rules": m.coding_rules(h.version[0])}
     if hasattr(m, "y_shape"):
         return m.codec.decompress(payload, h.symbol_crc, m.y_shape((hp, wp)), **kw)
     return m.codec.decompress(payload, h.symbol_crc, m.codec.y_shape((hp // 8, wp // 8)), m.rate, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 from pathlib import Path
 
@@ -122,3 +123,36 @@ def test_convert_then_load_decodes_identically(tiny_release, tmp_path):
     assert np.array_equal(np.asarray(a.decode(data)), np.asarray(b.decode(data)))
     # and the converted model encodes the same bytes
     assert b.encode(img) == data
+
+
+def test_default_model_files_name_the_numerics_of_their_payloads(tmp_path, monkeypatch):
+    """Default-model files written now code the entropy parameters with V1 (format 1.x's
+    rules) under format 2.x; files from before the config field keep V2, as they were made."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from stablecodec.models.latent_codec import FORMAT_RULES, LatentCodec
+    from stablecodec.models.lite import LiteModel, LiteNet
+    from stablecodec.weights.lite import load_lite, save_lite
+
+    new = tmp_path / "new.safetensors"
+    save_lite(LiteNet().eval(), new, [{"name": f"lite-{i + 1}"} for i in range(5)])
+    with safe_open(str(new), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    cfg = json.loads(meta["config"])
+    assert cfg.pop("entropy_numerics") == "1"
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), {**meta, "config": json.dumps(cfg)})
+    m_new, m_old = LiteModel(load_lite(new)[0], 2), LiteModel(load_lite(old)[0], 2)
+    assert m_new.coding_rules(2) == FORMAT_RULES[1] and m_old.coding_rules(2) == FORMAT_RULES[2]
+    assert m_new.coding_rules(1) == m_old.coding_rules(1) == FORMAT_RULES[1]
+
+    seen, real = [], LatentCodec.compress_y
+    monkeypatch.setattr(LatentCodec, "compress_y", lambda self, y, rate=None, rules=None: seen.append(rules)
+                        or real(self, y, rate, rules))
+    x = torch.rand(1, 3, 64, 64)
+    comp = m_new.compress(x)
+    m_old.compress(x)
+    assert seen == [FORMAT_RULES[1], FORMAT_RULES[2]]
+    y_shape = m_new.codec.y_shape((8, 8))
+    assert torch.equal(m_new.codec.decompress(comp.payload, comp.symbol_crc, y_shape, 2, m_new.coding_rules(2)), comp.y_hat)

@@ -393,8 +393,6 @@ class Codec:
 
     def decode_array(self, data: bytes) -> np.ndarray:
         """``.scdc`` bytes -> float32 array (H, W, C) in [0, 1]."""
-        from .models.latent_codec import rules_for_format
-
         header, payload = container.unpack(data)
         loaded = self._model_for_header(header)
         stride = loaded.model.stride
@@ -404,7 +402,7 @@ class Codec:
         loaded.model.progress = bar.update if bar is not None else None
         try:
             x = loaded.model.decompress(payload, header.symbol_crc, (hp, wp),
-                                        rules=rules_for_format(header.version[0]))
+                                        rules=loaded.model.coding_rules(header.version[0]))
         finally:
             if bar is not None:
                 bar.close()

@@ -38,6 +38,10 @@ class CodecModel(Protocol):
         """-> the padded image (1, 3, H, W) in [0, 1]; DesyncError if the symbols fail their check.
         ``rules``: the payload's coding rules (its file's format version)."""
 
+    def coding_rules(self, major: int) -> CodingRules:
+        """The rules this model's payloads follow in a file of format ``major``.x (what
+        ``compress`` writes under the current major, what ``decompress`` is given)."""
+
     def place(self, device: str, dtype: torch.dtype) -> None:
         """Image-path modules to ``device``/``dtype``; the entropy-parameter path stays exact."""
 

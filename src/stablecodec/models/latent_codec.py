@@ -58,11 +58,16 @@ class CodingRules:
 
 
 FORMAT_RULES = {1: CodingRules(V1, 8), 2: CodingRules(V2, V2.frac_bits)}
-RULES = FORMAT_RULES[2]  # what this version writes
+RULES_MAJOR = 2  # the format major this version writes (container.VERSION_MAJOR)
+RULES = FORMAT_RULES[RULES_MAJOR]
 
 
 def rules_for_format(major: int) -> CodingRules:
-    """The coding rules of a ``.scdc`` payload of this major format version."""
+    """The coding rules of a ``.scdc`` payload of this major format version.
+
+    The models ask this through their ``coding_rules`` (the default model keeps V1 under
+    format 2.x: :meth:`stablecodec.models.lite.LiteModel.coding_rules`).
+    """
     return FORMAT_RULES[major]
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .blocks import BasicBlock, Downsample, Upsample
 from ..tiling import MemoryPlan, plan_lite, run_windows
-from .latent_codec import RULES, CodingRules, LatentCodec, LatentCodecConfig
+from .latent_codec import FORMAT_RULES, RULES, RULES_MAJOR, CodingRules, LatentCodec, LatentCodecConfig, rules_for_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,20 @@ class LiteConfig:
         aux_decoder=(),
         rates=5,
     )
+    # The exact numerics of the entropy parameters under format 2.x ("1": V1 and means on
+    # the 2**-8 grid, format 1.x's rules; "2": V2). Format 2.0 brought V2 so that
+    # StableCodec's files agree with the official float code; this model has no official
+    # code to agree with, only itself on other machines, which V1 gives at half V2's
+    # matrix work (V2 took its encode + decode of 768x512 past 3 s, docs/performance.md).
+    # Weights files written before this field existed coded with V2 and keep it
+    # (weights.lite reads a missing field as "2").
+    entropy_numerics: str = "1"
 
     def __post_init__(self) -> None:
         if self.codec.sd_channels != self.width or self.codec.synthesis[-1] != self.width:
             raise ValueError("the latent codec must take and return `width` channels")
+        if self.entropy_numerics not in ("1", "2"):
+            raise ValueError(f"entropy_numerics must be '1' or '2', got {self.entropy_numerics!r}")
 
 
 class PixelAnalysis(nn.Module):
@@ -151,7 +161,14 @@ class LiteModel(nn.Module):
         y = self._encode_features(x) if w is None else run_windows(self._encode_features, x, w, self.ENCODER_HALO, down=16)
         from .latent_codec import Y_LIMIT
 
-        return self.net.codec.compress_y(y.to("cpu", torch.float32).clamp(-Y_LIMIT, Y_LIMIT), self.rate)
+        return self.net.codec.compress_y(y.to("cpu", torch.float32).clamp(-Y_LIMIT, Y_LIMIT), self.rate,
+                                         self.coding_rules(RULES_MAJOR))
+
+    def coding_rules(self, major: int) -> CodingRules:
+        """The rules of this model's payloads in a file of format ``major``.x (see ``LiteConfig``)."""
+        if major >= 2 and self.net.cfg.entropy_numerics == "1":
+            return FORMAT_RULES[1]
+        return rules_for_format(major)
 
     @torch.no_grad()
     def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int],

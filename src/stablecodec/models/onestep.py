@@ -28,7 +28,7 @@ from torch import nn
 
 from ..tiling import MemoryPlan
 from . import precision
-from .latent_codec import RULES, CodingRules, Compressed
+from .latent_codec import RULES, CodingRules, Compressed, rules_for_format
 from .precision import channels_last
 
 
@@ -187,6 +187,9 @@ class OneStepModel(nn.Module):
         del x01
         with self.timed(self.codec_label):
             return self.codec.compress(*inputs, rules=rules)
+
+    def coding_rules(self, major: int) -> CodingRules:
+        return rules_for_format(major)
 
     @torch.no_grad()
     def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int],

@@ -40,6 +40,7 @@ def load_lite_tensors(sd: dict[str, torch.Tensor], config_json: str):
     from ..models.lite import LiteConfig, LiteNet
 
     raw = json.loads(config_json)
+    raw.setdefault("entropy_numerics", "2")  # files from before the field coded with V2 (LiteConfig)
     codec_cfg = LatentCodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("codec").items()})
     net = LiteNet(LiteConfig(codec=codec_cfg, **raw))
     load_strict(net, {k[len("lite."):]: v.float() for k, v in sd.items() if k.startswith("lite.")}, "default model weights")
