@@ -1,7 +1,8 @@
 """The ``stablecodec eval`` command: options, progress, report files and exit codes.
 
 The measuring is :mod:`stablecodec.evaluate`'s; this module only turns the command line
-into an :class:`~stablecodec.evaluate.Evaluation` and its report into a table and files.
+into an :class:`~stablecodec.evaluate.Evaluation` and its report into a table and files
+(:mod:`stablecodec.reports`).
 Exit status as for the other commands: 0 success, 1 failure (one line on stderr per
 problem; any image or model that failed makes the run a failure), 2 usage error, 130
 interrupted (the reports then hold what was measured so far).
@@ -86,7 +87,10 @@ def eval_command(inputs, models, bpp, family, baselines, csv_path, json_path, pl
       stablecodec eval photos/ --bpp 0.01,0.03,0.1 --baselines jpeg,webp,avif --plot rd/
     """
     from .files import Failure, _fail, _tty, write_atomic
-    from .evaluate import BASELINES, METRICS, Evaluation, find_images, format_table, plot_files, to_csv, to_json
+    from .baselines import BASELINES
+    from .evaluate import Evaluation, find_images
+    from .metrics import METRICS
+    from .reports import format_table, plot_files, to_csv, to_json
 
     targets = _floats(bpp, "--bpp")
     baseline_names = _names(baselines, (*BASELINES, "none"), "--baselines")
