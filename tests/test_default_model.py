@@ -79,9 +79,11 @@ def test_every_rate_point_is_a_trained_codec(rate_points):
     psnrs = [rate_points[n][1] for n in LITE]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), rate_points
     assert psnrs == sorted(psnrs), rate_points
-    # This sample (a detailed landscape) is hard: the shipped weights give 22.2 dB at
-    # lite-1 and 23.9 at lite-5; an export from 400 training steps gave 19.6 at every rate.
-    assert psnrs[0] > 21.0 and psnrs[-1] > psnrs[0] + 1.0, rate_points
+    # This sample (a detailed landscape) is hard: the shipped weights (e11ae52a) give
+    # 21.1 dB at lite-1 (0.005 bpp), then +1.3, +1.1, +1.0, +0.8 dB per rate point; an
+    # export from 400 training steps gave 19.6 at every rate.
+    steps = np.diff(psnrs)
+    assert psnrs[0] > 20.5 and (steps > 0.5).all() and psnrs[-1] > psnrs[0] + 3.0, rate_points
 
 
 def test_bpp_target_picks_the_closest_lite_rate(clean_env):
