@@ -91,12 +91,11 @@ class Check:
     @staticmethod
     def y_hat(codec, data: bytes):
         from stablecodec import container
-        from stablecodec.models.latent_codec import rules_for_format
 
         h, payload = container.unpack(data)
         m = codec.get_model().model
         hp, wp = -(-h.height // m.stride) * m.stride, -(-h.width // m.stride) * m.stride
-        return m.codec.decompress(payload, h.symbol_crc, m.y_shape((hp, wp)), rules=rules_for_format(h.version[0]))
+        return m.codec.decompress(payload, h.symbol_crc, m.y_shape((hp, wp)), rules=m.coding_rules(h.version[0]))
 
     # -- the checks -----------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ def full_stages(cache: Path, precision: str, h: int, w: int, repeat: int, max_me
 
 def lite_stages(precision: str, h: int, w: int, repeat: int, device: str = "cpu"):
     import stablecodec
+    from stablecodec.models.latent_codec import RULES_MAJOR
 
     t0 = time.perf_counter()
     codec = stablecodec.Codec("lite-3", device=device, precision=precision)
@@ -183,13 +184,14 @@ def lite_stages(precision: str, h: int, w: int, repeat: int, device: str = "cpu"
     with torch.no_grad():
         f = net.analysis(x)
         y = (c.g_a(f).float() * c.gain_y[m.rate].detach()[None, :, None, None]).cpu()  # the entropy path's side
-        comp = c.compress_y(y, m.rate)
+        rules = m.coding_rules(RULES_MAJOR)  # what the model's files use (V1 for the default model)
+        comp = c.compress_y(y, m.rate, rules)
         y_hat = c.dequantize(comp.y_hat, m.rate).to(device, m.dtype)
         g = c.g_s(y_hat)
         st["analysis"] = (lambda: net.analysis(x))
         st["g_a + h_a"] = (lambda: c.h_a(c.g_a(f)))
-        st["entropy encoding"] = (lambda: c.compress_y(y, m.rate))
-        st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape, m.rate))
+        st["entropy encoding"] = (lambda: c.compress_y(y, m.rate, rules))
+        st["entropy decoding"] = (lambda: c.decompress(comp.payload, comp.symbol_crc, comp.y_shape, m.rate, rules))
         st["g_s"] = (lambda: c.g_s(y_hat))
         st["synthesis"] = (lambda: net.synthesis(g))
     return load_s, st

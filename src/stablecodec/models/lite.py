@@ -24,7 +24,7 @@ from torch import nn
 
 from .blocks import BasicBlock, Downsample, Upsample
 from ..tiling import MemoryPlan, plan_lite, run_windows
-from .latent_codec import FORMAT_RULES, RULES, RULES_MAJOR, CodingRules, LatentCodec, LatentCodecConfig, rules_for_format
+from .latent_codec import FORMAT_RULES, RULES_MAJOR, CodingRules, LatentCodec, LatentCodecConfig, rules_for_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +172,10 @@ class LiteModel(nn.Module):
 
     @torch.no_grad()
     def decompress(self, payload: bytes, symbol_crc: int, padded_hw: tuple[int, int],
-                   rules: CodingRules = RULES) -> torch.Tensor:
+                   rules: CodingRules | None = None) -> torch.Tensor:
+        """``rules``: the file's (:meth:`coding_rules`); by default what :meth:`compress` writes."""
         y_shape = self.codec.y_shape((padded_hw[0] // 8, padded_hw[1] // 8))
+        rules = self.coding_rules(RULES_MAJOR) if rules is None else rules
         y_hat = self.codec.decompress(payload, symbol_crc, y_shape, self.rate, rules)
         return self.reconstruct(y_hat)
 
