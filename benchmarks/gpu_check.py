@@ -39,8 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import stablecodec  # noqa: E402  (before the first tensor, as the other benchmarks)
 from _machine import machine  # noqa: E402
+
+import stablecodec  # noqa: E402  (before the first tensor, as the other benchmarks)
 
 GB = 1 << 30
 

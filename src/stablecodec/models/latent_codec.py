@@ -21,12 +21,12 @@ import dataclasses
 
 import numpy as np
 import torch
-
 from torch import nn
 
+from ..container import VERSION_MAJOR
 from ..errors import FormatError
 from ._compressai import entropy_bottleneck, gaussian_conditional
-from .blocks import FLOAT, Adapter, BasicBlock, Downsample, LRP, Stack, Upsample
+from .blocks import FLOAT, LRP, Adapter, BasicBlock, Downsample, Stack, Upsample
 from .entropy import StreamReader, StreamWriter, Table, bottleneck_tables, gaussian_tables, scale_table
 from .fixedpoint import V1, V2, ExactOps, Numerics
 
@@ -58,7 +58,7 @@ class CodingRules:
 
 
 FORMAT_RULES = {1: CodingRules(V1, 8), 2: CodingRules(V2, V2.frac_bits)}
-RULES_MAJOR = 2  # the format major this version writes (container.VERSION_MAJOR)
+RULES_MAJOR = VERSION_MAJOR  # the rules of the format major this version writes
 RULES = FORMAT_RULES[RULES_MAJOR]
 
 

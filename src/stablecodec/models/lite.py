@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BasicBlock, Downsample, Upsample
 from ..tiling import MemoryPlan, plan_lite, run_windows
+from .blocks import BasicBlock, Downsample, Upsample
 from .latent_codec import FORMAT_RULES, RULES_MAJOR, CodingRules, LatentCodec, LatentCodecConfig, rules_for_format
 
 
