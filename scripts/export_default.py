@@ -79,7 +79,6 @@ def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
 
 
 def measure_bpp(net: LiteNet, images: list[np.ndarray]) -> float:
-    from stablecodec import container
     from stablecodec.api import pad_to_multiple
     from stablecodec.models.lite import LiteModel
 

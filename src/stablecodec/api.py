@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 import numpy as np
 
 from . import colorfix, container, imageio, registry, tiling
-from .errors import ConfigError, FormatError, LimitError, WeightsError
+from .errors import ConfigError, LimitError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import PIL.Image

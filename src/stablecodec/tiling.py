@@ -103,8 +103,6 @@ def run_windows(fn, x, tile: int, halo: int, up: int = 1, down: int = 1, progres
     ``fn`` this equals ``fn(x)``; at the image border a window stops where the image
     does, so zero padding is applied exactly where ``fn(x)`` applies it.
     """
-    import torch
-
     n, _, h, w = x.shape
     if tile % down or halo % down:
         raise ValueError(f"tile and halo must be multiples of {down}")
