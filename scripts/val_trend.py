@@ -2,6 +2,8 @@
 """How far a training part's validation curves are from JPEG and WebP, at each validation point.
 
     python scripts/val_trend.py --part runs/part --val PHOTOS/val --out docs/results/val-trend.json
+    python scripts/val_trend.py --part runs/part3 --val PHOTOS/val --previous docs/results/val-trend.json \
+        --out docs/results/val-trend.json    # a later part, the earlier ones and their baselines kept
 
 train_default.py validates on the first 48 val photos' 512x384 centre crops, with the
 rate read off the likelihoods. This script puts the classic baselines on the same crops
@@ -53,14 +55,26 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=48)
     ap.add_argument("--baselines", default="jpeg,webp")
     ap.add_argument("--out", default=None, help="JSON file for the curves and the table")
+    ap.add_argument("--previous", default=None,
+                    help="an earlier --out on the same crops: its baseline curves are reused (their search "
+                         "is the slow half) and its points kept, so the parts of other machines stay in the table")
     a = ap.parse_args()
     x = val_images(a.val, a.val_images)
     crops = [Image.fromarray((c.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for c in x]
-    curves = {n: baseline_curve(n, crops) for n in a.baselines.split(",")}
+    points = []
+    if a.previous:
+        prev = json.loads(Path(a.previous).read_text())
+        if prev["val_crops"] != len(crops) or prev["container_bytes"] != CONTAINER_BYTES:
+            raise SystemExit(f"val_trend: --previous {a.previous} was measured on {prev['val_crops']} crops "
+                             f"with {prev['container_bytes']} container bytes, not {len(crops)} and {CONTAINER_BYTES}")
+        curves = {n: prev["baselines"][n] for n in a.baselines.split(",")}
+        done = {p.name for p in map(Path, a.part)}
+        points = [p for p in prev["points"] if p["part"] not in done]
+    else:
+        curves = {n: baseline_curve(n, crops) for n in a.baselines.split(",")}
     for n, c in curves.items():
         print(n, " ".join(f"{r['bpp']:.4f}/{r['psnr']:.2f}" for r in c))
     overhead = 8 * CONTAINER_BYTES / (VAL_SIZE[0] * VAL_SIZE[1])
-    points = []
     for part in map(Path, a.part):
         recs = []
         if (part / "runs.jsonl").exists():  # the part's starting point
