@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from export_default import centre_crop, gains_at  # noqa: E402
+
 from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
 
 # Five rates spanning about 0.005 to 0.1 bpp on 768x512 photos (each about 5x the last).
