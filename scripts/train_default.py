@@ -9,9 +9,10 @@
 A *part* starts from a weights file (``--init``, the shipped ``weights/lite.safetensors``
 by default), from an earlier part's ``best.pt`` (its trained rates kept as they are; the
 shipped file's five exported points are re-spread over the trained rates, which costs
-the first thousands of steps of the part), or, when ``OUT/checkpoint.pt`` exists, continues that interrupted part
-exactly (model, optimisers, step, schedule; each batch is drawn from a generator seeded
-by (seed, step), so a resumed part sees the batches it would have seen). Every
+the first thousands of steps of the part), or, when ``OUT/checkpoint.pt`` exists,
+continues that interrupted part exactly (model, optimisers, step, schedule; each batch is
+drawn from a generator seeded by (seed, step), so a resumed part sees the batches it
+would have seen). Every
 ``--val-every`` steps and at the end it measures the trained rates on the validation
 photos; the best state is kept in ``OUT/best.pt``. At the end of the part, if the best
 state is better than the weights it started from (Bjontegaard PSNR over the common rate
@@ -237,6 +238,8 @@ def from_checkpoint(path: Path) -> tuple[LiteNet, dict]:
     dB at part 2's end to -1.16 at part 3's start, and from -0.57 to -0.95 after part 4's
     first 1000 steps.
     """
+    if not path.is_file():
+        raise SystemExit(f"train_default: --init {path}: no such file (an earlier part's OUT/best.pt?)")
     ck = torch.load(path, map_location="cpu", weights_only=False)  # our own training file
     net = LiteNet()
     net.load_state_dict(ck["model"])
