@@ -12,9 +12,8 @@ shipped file's five exported points are re-spread over the trained rates, which 
 the first thousands of steps of the part), or, when ``OUT/checkpoint.pt`` exists,
 continues that interrupted part exactly (model, optimisers, step, schedule; each batch is
 drawn from a generator seeded by (seed, step), so a resumed part sees the batches it
-would have seen). Every
-``--val-every`` steps and at the end it measures the trained rates on the validation
-photos; the best state is kept in ``OUT/best.pt``. At the end of the part, if the best
+would have seen). Every ``--val-every`` steps and at the end it measures the trained
+rates on the validation photos; the best state is kept in ``OUT/best.pt``. At the end of the part, if the best
 state is better than the weights it started from (Bjontegaard PSNR over the common rate
 range > ``--min-gain`` dB), it is exported with ``scripts/export_default.py`` to
 ``--export`` (``weights/lite.safetensors`` by default, or ``OUT/lite.safetensors``); if
