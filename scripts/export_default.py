@@ -14,9 +14,9 @@ likelihoods (plus the container's bytes); each target takes the grid rate closes
 in log-rate among those above the previous point's, so the five points are increasing
 even where the rate is not monotone in the gain (a bisection assumed it was, and put two
 points together); a rate inside the trained range is preferred to an extrapolated one
-whenever it comes within 10% of the target. Each chosen point is then measured with the real coder. Weights are stored
-as float16 (the file stays under 30 MB) with the entropy tables computed from exactly
-those values; the fingerprint covers the stored tensors.
+whenever it comes within 10% of the target. Each chosen point is then measured with the
+real coder. Weights are stored as float16 (the file stays under 30 MB) with the entropy
+tables computed from exactly those values; the fingerprint covers the stored tensors.
 """
 
 from __future__ import annotations
@@ -114,14 +114,17 @@ def choose_grid_points(grid, est, targets, rates: int) -> list[int]:
     chosen = []
     floor_rate, floor_bpp = -np.inf, 0.0
     for target in targets:
+        def err(j: int, target: float = target) -> float:
+            return abs(np.log(est[j] / target))
+
         cand = [j for j in range(len(grid)) if grid[j] > floor_rate and est[j] > floor_bpp * 1.1]
         if not cand:
             raise SystemExit(f"export_default: no rate above {floor_bpp:.4f} bpp left for {target} bpp; "
                              "widen the grid or lower TARGETS")
         inside = [j for j in cand if 0 <= grid[j] <= rates - 1]
-        if inside and min(abs(np.log(est[j] / target)) for j in inside) <= np.log(1.1):
+        if inside and err(min(inside, key=err)) <= np.log(1.1):
             cand = inside
-        j = min(cand, key=lambda j: abs(np.log(est[j] / target)))
+        j = min(cand, key=err)
         chosen.append(j)
         floor_rate, floor_bpp = grid[j], est[j]
     return chosen

@@ -13,13 +13,13 @@ the first thousands of steps of the part), or, when ``OUT/checkpoint.pt`` exists
 continues that interrupted part exactly (model, optimisers, step, schedule; each batch is
 drawn from a generator seeded by (seed, step), so a resumed part sees the batches it
 would have seen). Every ``--val-every`` steps and at the end it measures the trained
-rates on the validation photos; the best state is kept in ``OUT/best.pt``. At the end of the part, if the best
-state is better than the weights it started from (Bjontegaard PSNR over the common rate
-range > ``--min-gain`` dB), it is exported with ``scripts/export_default.py`` to
-``--export`` (``weights/lite.safetensors`` by default, or ``OUT/lite.safetensors``); if
-not, nothing is written there. Either way one line describing the part (steps, data,
-wall time, validation RD before and after, exported or not) is appended to
-``OUT/runs.jsonl``, to be copied into ``docs/default-model.md``'s log.
+rates on the validation photos; the best state is kept in ``OUT/best.pt``. At the end of
+the part, if the best state is better than the weights it started from (Bjontegaard PSNR
+over the common rate range > ``--min-gain`` dB), it is exported with
+``scripts/export_default.py`` to ``--export`` (``weights/lite.safetensors`` by default,
+or ``OUT/lite.safetensors``); if not, nothing is written there. Either way one line
+describing the part (steps, data, wall time, validation RD before and after, exported or
+not) is appended to ``OUT/runs.jsonl``, to be copied into ``docs/default-model.md``'s log.
 
 Data: every image of the ``--data`` folders at several scales (the evaluation crops are
 photos reduced to 768x512, so training sees photos at about that density), random square
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
@@ -239,11 +240,12 @@ def from_checkpoint(path: Path) -> tuple[LiteNet, dict]:
     """
     if not path.is_file():
         raise SystemExit(f"train_default: --init {path}: no such file (an earlier part's OUT/best.pt?)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)  # our own training file
+    data = path.read_bytes()  # once, for both the fingerprint and the state
+    ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # our own training file
     net = LiteNet()
     net.load_state_dict(ck["model"])
     steps = ck["lineage"]["steps_before"] + ck["state"]["step"] if "lineage" in ck else ck["step"]
-    fp = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    fp = hashlib.sha256(data).hexdigest()[:16]
     return net, {"init": str(path), "init_fingerprint": fp, "steps_before": int(steps)}
 
 
