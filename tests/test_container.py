@@ -108,12 +108,53 @@ def test_absurd_sizes_are_refused():
 @given(
     w=st.integers(1, container.MAX_SIDE), h=st.integers(1, container.MAX_SIDE),
     code=st.integers(0, 255), fp=st.integers(0, 0xFFFF), crc=st.integers(0, 2**32 - 1),
-    grey=st.booleans(), with_color=st.booleans(), payload=st.binary(max_size=64),
+    grey=st.booleans(), with_color=st.booleans(), payload=st.binary(max_size=64), scale=st.integers(1, 16),
 )
-def test_any_valid_header_round_trips(w, h, code, fp, crc, grey, with_color, payload):
+def test_any_valid_header_round_trips(w, h, code, fp, crc, grey, with_color, payload, scale):
     if w * h > container.MAX_PIXELS:
         return
     color = tuple(range(1000, 1002 if grey else 1006)) if with_color else None
-    hd = container.Header(code, fp, w, h, crc, color=color, grey=grey)
+    hd = container.Header(code, fp, w, h, crc, color=color, grey=grey, scale=scale)
     back, p = container.unpack(container.pack(hd, payload))
     assert back == hd and p == payload
+
+
+def test_a_reduced_coded_size_is_one_byte_and_format_2_1():
+    h = container.Header(0x01, 0xBEEF, 768, 512, 7, color=COLOR, scale=8)
+    data = container.pack(h, b"\x01")
+    assert data[2] == 0x21 and data[3] & container.FLAG_SCALE
+    assert h.header_bytes == 20 and len(data) == 20 + 12 + 1
+    back, _ = container.unpack(data)
+    assert back.scale == 8 and back.coded_size == (384, 256) and back.version == (2, 1)
+    # without a scale nothing changes: version 2.0, no byte more
+    assert make()[2] == 0x20 and container.unpack(make())[0].coded_size == (768, 512)
+
+
+@pytest.mark.parametrize("w,h,scale,want", [(768, 512, 12, (576, 384)), (767, 511, 8, (384, 256)),
+                                             (1, 1, 1, (1, 1)), (15, 9, 15, (14, 8)), (3, 5, 8, (2, 3))])
+def test_coded_size_rounds_half_up_and_keeps_a_pixel(w, h, scale, want):
+    assert container.coded_size(w, h, scale) == want
+
+
+def _with_crc(data: bytearray) -> bytes:
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("byte,match", [(0, "scale 0/16"), (16, "scale 16/16"), (200, "scale 200/16")])
+def test_an_invalid_scale_byte_is_refused(byte, match):
+    data = bytearray(container.pack(container.Header(1, 2, 768, 512, 3, scale=8), b"\x01"))
+    data[11] = byte  # magic 2, version, flags, model, fingerprint 2, two 2-byte sizes: offset 11
+    with pytest.raises(FormatError, match=match):
+        container.unpack(_with_crc(data))
+
+
+def test_a_scale_flag_in_a_2_0_file_is_refused():
+    data = bytearray(container.pack(container.Header(1, 2, 768, 512, 3, scale=8), b"\x01"))
+    data[2] = 0x20
+    with pytest.raises(FormatError, match="cannot have a scale"):
+        container.unpack(_with_crc(data))
+    with pytest.raises(ValueError, match="needs format 2.1"):
+        container.Header(1, 2, 768, 512, 3, scale=8, version=(2, 0))
+    with pytest.raises(ValueError, match="scale must be"):
+        container.Header(1, 2, 768, 512, 3, scale=17)

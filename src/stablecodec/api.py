@@ -294,7 +294,9 @@ class Codec:
         container.check_size(img.width, img.height)
         loaded = self.get_model(model)
         stats = colorfix.statistics(img.pixels)  # from the full-precision original (16-bit stays 16-bit)
-        x = torch.from_numpy(img.pixels).permute(2, 0, 1)[None]
+        scale = loaded.model.coded_scale
+        pixels = imageio.resize(img.pixels, *container.coded_size(img.width, img.height, scale))
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         x = x.expand(1, 3, -1, -1).contiguous() if img.grey else x.contiguous()
         x.mul_(255.0).round_().div_(255.0)  # code the 8-bit values a user sees
         x = pad_to_multiple(x, loaded.model.stride)
@@ -309,7 +311,7 @@ class Codec:
             loaded.model.progress = None
         header = container.Header(model_code=loaded.code, fingerprint=loaded.header_fingerprint, width=img.width,
                                   height=img.height, symbol_crc=comp.symbol_crc, color=stats, grey=img.grey,
-                                  metadata=img.metadata or None)
+                                  metadata=img.metadata or None, scale=scale)
         return container.pack(header, comp.payload)
 
     def encode_to_size(self, image: ImageLike, max_bytes: int | None = None, *, max_bpp: float | None = None,
@@ -396,7 +398,8 @@ class Codec:
         header, payload = container.unpack(data)
         loaded = self._model_for_header(header)
         stride = loaded.model.stride
-        hp, wp = -(-header.height // stride) * stride, -(-header.width // stride) * stride
+        cw, ch = header.coded_size
+        hp, wp = -(-ch // stride) * stride, -(-cw // stride) * stride
         self._plan(loaded, hp, wp)
         bar = self._progress("decode", hp * wp)
         loaded.model.progress = bar.update if bar is not None else None
@@ -407,7 +410,8 @@ class Codec:
             if bar is not None:
                 bar.close()
             loaded.model.progress = None
-        pix = x[0, :, : header.height, : header.width].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        pix = x[0, :, :ch, :cw].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        pix = imageio.resize(pix, header.width, header.height)
         if header.grey:
             pix = (pix @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
         if self.color_fix and header.color is not None and header.width * header.height > loaded.family.color_fix_min_pixels:
@@ -464,6 +468,7 @@ def info(data: bytes) -> dict[str, Any]:
         "fingerprint": f"{header.fingerprint:04x}",
         "width": header.width,
         "height": header.height,
+        "coded_size": list(header.coded_size),  # the payload's image, resampled to width x height
         "greyscale": header.grey,
         "bytes": len(data),
         "bpp": round(image_bytes * 8 / (header.width * header.height), 6),  # the image's: without metadata

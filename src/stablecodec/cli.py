@@ -582,7 +582,9 @@ def info(files, as_json):
                 fields = ", ".join(f"{k} {v}" for k, v in (m.get("exif_fields") or {}).items())
                 meta = (f"; metadata {d['metadata_bytes']} B ({', '.join(parts)}"
                         f"{'; ' + fields if fields else ''}{'; ICC ' + repr(m['icc_name']) if 'icc_name' in m else ''})")
-            click.echo(f"{d['file']}: {d['width']}x{d['height']}{' grey' if d['greyscale'] else ''}, model {d['model']} "
+            coded = d["coded_size"]
+            coded = "" if coded == [d["width"], d["height"]] else f" (coded at {coded[0]}x{coded[1]})"
+            click.echo(f"{d['file']}: {d['width']}x{d['height']}{coded}{' grey' if d['greyscale'] else ''}, model {d['model']} "
                        f"(weights {d['fingerprint']}), {d['bytes']} bytes, image {d['bpp']:.4f} bpp, format {d['format_version']}, "
                        f"header {d['header_bytes']} B + colour {0 if d['color_mean'] is None else 2 * (len(d['color_mean']) * 2)} B"
                        f"{meta}{'' if d['crc_ok'] else ', CRC MISMATCH (corrupt)'}")

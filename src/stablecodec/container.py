@@ -9,19 +9,25 @@ Layout (big-endian)::
 
     magic        2   0x5C 0xDC
     version      1   major << 4 | minor
-    flags        1   bit0 colour statistics present, bit1 greyscale, rest must be 0
+    flags        1   bit0 colour statistics present, bit1 greyscale, bit2 metadata (2.0 on),
+                     bit3 coded at a reduced size (2.1 on), rest must be 0
     model        1   registry code of the model (``registry.py``)
     fingerprint  2   16 bits of the weights' fingerprint
     width - 1    varint (LEB128, at most 3 bytes)
     height - 1   varint
+    scale        1   if flag bit 3: the coded size in sixteenths of each side (1..15)
     symbol CRC   4   CRC32 of every decoded symbol, checked after entropy decoding
     colour       12  mu_R mu_G mu_B sigma_R sigma_G sigma_B as uint16 (4 if greyscale)
     metadata     4+m if flag bit 2: uint32 length, then the section (``pack_metadata``)
     payload      n   one range-coder stream: z, then y steps 0..3 (``models/entropy.py``)
     CRC32        4   over every byte before it
 
-The hyper-latent and latent shapes are not stored: they follow from width, height and the
-model's stride, so they can never disagree with the image size. The CRC32 is verified
+The hyper-latent and latent shapes are not stored: they follow from width, height, the
+scale and the model's stride, so they can never disagree with the image size. A file with
+a scale holds the image coded at ``coded_size`` (each side scale/16 of the image's,
+rounded half up, at least 1 px): at the lowest rates a smaller image at a higher rate
+point is the better trade (the matched-rate baselines downscale for the same reason);
+the decoder resamples it back to width x height. The CRC32 is verified
 before any payload byte reaches the entropy decoder; the symbol CRC catches the other
 failure, an intact file that these weights or this machine decode differently.
 """
@@ -35,12 +41,15 @@ from .errors import FormatError, LimitError
 
 MAGIC = b"\x5c\xdc"
 VERSION_MAJOR = 2  # what this stablecodec writes
-VERSION_MINOR = 0
+VERSION_MINOR = 0  # files without a scale; a scale needs 2.1 (older readers refuse it by its flag)
+SCALE_MINOR = 1
 READ_MAJORS = (1, 2)  # 1.x: means on the 2**-8 grid; 2.x: the float means (docs/bitstream.md)
 FLAG_COLOR = 0x01
 FLAG_GREY = 0x02
 FLAG_METADATA = 0x04  # an optional metadata section (EXIF, XMP, ICC profile), format 2.0 on
-_KNOWN_FLAGS = {1: FLAG_COLOR | FLAG_GREY, 2: FLAG_COLOR | FLAG_GREY | FLAG_METADATA}
+FLAG_SCALE = 0x08  # coded at a reduced size, format 2.1 on
+_KNOWN_FLAGS = {1: FLAG_COLOR | FLAG_GREY, 2: FLAG_COLOR | FLAG_GREY | FLAG_METADATA | FLAG_SCALE}
+FULL_SCALE = 16  # the scale field's unit is 1/16 of a side
 
 # The metadata section: version, compression, then entries. Limits bound what a hostile
 # file can make the decoder allocate.
@@ -68,11 +77,18 @@ class Header:
     symbol_crc: int
     color: tuple[int, ...] | None = None
     grey: bool = False
-    version: tuple[int, int] = (VERSION_MAJOR, VERSION_MINOR)
+    version: tuple[int, int] | None = None  # None: the lowest that holds every field used
     metadata: dict[str, bytes] | None = None  # "exif", "xmp", "icc"; None or {}: no section
     metadata_size: int = dataclasses.field(default=0, compare=False)  # bytes in the file (parsed files)
+    scale: int = FULL_SCALE  # sixteenths of each side the image is coded at (``coded_size``)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.scale, int) and 1 <= self.scale <= FULL_SCALE):
+            raise ValueError(f"scale must be an integer number of sixteenths in 1..16, got {self.scale!r}")
+        if self.version is None:
+            object.__setattr__(self, "version", (VERSION_MAJOR, SCALE_MINOR if self.scale < FULL_SCALE else VERSION_MINOR))
+        if self.scale < FULL_SCALE and self.version < (VERSION_MAJOR, SCALE_MINOR):
+            raise ValueError(f"a reduced coded size needs format {VERSION_MAJOR}.{SCALE_MINOR}, got {self.version}")
         if not (0 <= self.model_code < 256):
             raise ValueError(f"model_code must fit in one byte, got {self.model_code}")
         if not (0 <= self.fingerprint < 1 << 16):
@@ -86,7 +102,20 @@ class Header:
     @property
     def header_bytes(self) -> int:
         """Bytes spent on everything but the payload, the colour statistics and the metadata."""
-        return 2 + 1 + 1 + 1 + 2 + _varint_len(self.width - 1) + _varint_len(self.height - 1) + 4 + 4
+        return (2 + 1 + 1 + 1 + 2 + _varint_len(self.width - 1) + _varint_len(self.height - 1)
+                + (self.scale < FULL_SCALE) + 4 + 4)
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the image the payload holds."""
+        return coded_size(self.width, self.height, self.scale)
+
+
+def coded_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """Each side at ``scale``/16, rounded half up, at least 1 px: integer arithmetic, so the
+    encoder and every decoder agree."""
+    return (max(1, (width * scale + FULL_SCALE // 2) // FULL_SCALE),
+            max(1, (height * scale + FULL_SCALE // 2) // FULL_SCALE))
 
 
 def pack_metadata(meta: dict[str, bytes]) -> bytes:
@@ -192,11 +221,14 @@ def pack(header: Header, payload: bytes) -> bytes:
         raise ValueError("format 1.x has no metadata section")
     flags = (FLAG_COLOR if header.color is not None else 0) | (FLAG_GREY if header.grey else 0)
     flags |= FLAG_METADATA if meta is not None else 0
+    flags |= FLAG_SCALE if header.scale < FULL_SCALE else 0
     out.append(flags)
     out.append(header.model_code)
     out += header.fingerprint.to_bytes(2, "big")
     _put_varint(out, header.width - 1)
     _put_varint(out, header.height - 1)
+    if header.scale < FULL_SCALE:
+        out.append(header.scale)
     out += header.symbol_crc.to_bytes(4, "big")
     if header.color is not None:
         for c in header.color:
@@ -244,6 +276,16 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
     fingerprint = int.from_bytes(data[5:7], "big")
     w1, pos = _get_varint(data, 7, end)
     h1, pos = _get_varint(data, pos, end)
+    scale = FULL_SCALE
+    if flags & FLAG_SCALE:
+        if (major, minor) < (VERSION_MAJOR, SCALE_MINOR):
+            raise FormatError(f"file version {major}.{minor} cannot have a scale (flags 0x{flags:02x}); the file is corrupt")
+        if pos >= end:
+            raise FormatError("file is truncated inside its header")
+        scale = data[pos]
+        pos += 1
+        if not 1 <= scale < FULL_SCALE:
+            raise FormatError(f"header has scale {scale}/16 (1..15 are valid); the file is corrupt")
     grey = bool(flags & FLAG_GREY)
     n_color = (2 if grey else 6) if flags & FLAG_COLOR else 0
     if pos + 4 + 2 * n_color > end:
@@ -277,6 +319,7 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
         version=(major, minor),
         metadata=metadata,
         metadata_size=metadata_size,
+        scale=scale,
     )
     return header, pos, end
 

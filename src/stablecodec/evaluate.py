@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import imageio, registry, tiling
+from . import container, imageio, registry, tiling
 from .baselines import BASELINES, SCALES, Baseline, MatchedRate, bpp_of
 from .errors import ConfigError, StableCodecError, WeightsError
 from .metrics import (
@@ -286,7 +286,8 @@ class Evaluation:
                         fail(f"{path}: model {req.name}: out of memory; lower --max-memory or downscale the image")
                     else:
                         res = Result(name, img.width, img.height, spec.family, req.name, req.target_bpp,
-                                     bpp_of(len(data), img.width * img.height), len(data), scale=1.0,
+                                     bpp_of(len(data), img.width * img.height), len(data),
+                                     scale=container.peek(data)[0].scale / container.FULL_SCALE,
                                      group=req.name)
                         measure(res, name, as_uint8_rgb(img.pixels), as_uint8_rgb(rec))
                         out.append(res)

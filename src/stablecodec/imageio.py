@@ -405,6 +405,22 @@ def metadata_summary(meta: dict[str, bytes]) -> dict[str, object]:
     return out
 
 
+def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, C) float32 -> (height, width, C) float32, Lanczos-3, clipped to [0, 1].
+
+    The resampling of a file coded at a reduced size (``container.coded_size``), down on
+    the encoder's side and back up on the decoder's; Lanczos as the matched-rate baselines
+    use it. Pillow's float mode keeps 16-bit precision and resamples a channel at a time.
+    """
+    if pixels.shape[1] == width and pixels.shape[0] == height:
+        return pixels
+    out = np.empty((height, width, pixels.shape[2]), dtype=np.float32)
+    for c in range(pixels.shape[2]):
+        out[..., c] = np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c], dtype=np.float32), "F")
+                                 .resize((width, height), Image.LANCZOS))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """(H, W, 3) or (H, W, 1) float in [0, 1] -> 8-bit PIL image."""
     arr = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)

@@ -23,6 +23,9 @@ class CodecModel(Protocol):
     plan: MemoryPlan  # tiles for the current image, set by the API before each call
     last_plan: str
     progress: Callable[[int], None] | None  # ticks per tile on large images
+    # The size it codes an image at, in sixteenths of each side (container.coded_size): 16,
+    # or less for a low rate point that does better on a smaller image; the API resamples.
+    coded_scale: int
 
     @property
     def device(self) -> torch.device: ...

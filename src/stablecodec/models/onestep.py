@@ -55,6 +55,7 @@ class OneStepModel(nn.Module):
     is the exact parameter path)."""
 
     STAGES = ("analysis", "codec", "synthesis", "denoiser", "decoder")
+    coded_scale = 16  # the papers' models code every image at its own size
 
     def __init__(self, *, analysis, codec, synthesis, denoiser, decoder, stride: int,
                  planner: Callable[["OneStepModel", int, int, int], MemoryPlan],

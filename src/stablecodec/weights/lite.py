@@ -62,10 +62,14 @@ def load(spec, path: Path):
     from ..models.lite import LiteModel
 
     net, fp, meta = load_lite(path)
-    rates = [r["name"] for r in json.loads(meta["rates"])]
-    if spec.name not in rates:
-        raise WeightsError(f"{path} has no rate point {spec.name} (it has {', '.join(rates)})")
-    return LiteModel(net, rates.index(spec.name)), fp
+    rates = json.loads(meta["rates"])
+    names = [r["name"] for r in rates]
+    if spec.name not in names:
+        raise WeightsError(f"{path} has no rate point {spec.name} (it has {', '.join(names)})")
+    i = names.index(spec.name)
+    # An encoder setting, not part of the network: the file's header carries the scale, so
+    # decoding never reads it from here (files from before the field code at full size).
+    return LiteModel(net, i, coded_scale=int(rates[i].get("coded_scale", 16))), fp
 
 
 def estimate_bytes(path: Path | None = None, **_) -> tuple[int, int]:
