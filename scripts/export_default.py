@@ -14,8 +14,14 @@ likelihoods (plus the container's bytes); each target takes the grid rate closes
 in log-rate among those above the previous point's, so the five points are increasing
 even where the rate is not monotone in the gain (a bisection assumed it was, and put two
 points together); a rate inside the trained range is preferred to an extrapolated one
-whenever it comes within 10% of the target. Each chosen point is then measured with the
-real coder. Weights are stored as float16 (the file stays under 30 MB) with the entropy
+whenever it comes within 10% of the target. Each target also chooses the size the image
+is coded at (``--scales``, sixteenths of each side; the file's header stores it): the
+scale whose estimated (bpp, PSNR) curve on the calibration crops, resampled back to full
+size, is highest at the target, a smaller one winning only by 0.05 dB or more. At the
+lowest rates a smaller image at a higher rate point is worth several dB (kodak/, 22d7ff59:
+lite-1's 0.0059 bpp gave 21.1 dB at full size, about 24.5 at half size), as it is for the
+matched-rate baselines that downscale. Each chosen point is then measured with the real
+coder. Weights are stored as float16 (the file stays under 30 MB) with the entropy
 tables computed from exactly those values; the fingerprint covers the stored tensors.
 """
 
@@ -79,55 +85,103 @@ def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
     return out.eval()
 
 
-def measure_bpp(net: LiteNet, images: list[np.ndarray]) -> float:
+def coded(img: np.ndarray, scale: int) -> torch.Tensor:
+    """What the API hands the network for an image at ``scale`` sixteenths: resampled as
+    ``Codec.encode`` does, on the 8-bit grid, padded to the stride."""
+    from stablecodec import container, imageio
     from stablecodec.api import pad_to_multiple
+
+    h, w = img.shape[:2]
+    small = imageio.resize(img, *container.coded_size(w, h, scale))
+    x = torch.from_numpy(small.transpose(2, 0, 1).copy())[None].mul_(255).round_().div_(255)
+    return pad_to_multiple(x, 128)
+
+
+def measure_bpp(net: LiteNet, images: list[np.ndarray], scale: int = 16) -> float:
     from stablecodec.models.lite import LiteModel
 
     model = LiteModel(net, 0)
     bits = 0.0
     for img in images:
-        x = pad_to_multiple(torch.from_numpy(img.transpose(2, 0, 1).copy())[None], model.stride)
-        comp = model.compress(x)
-        bits += 8 * (len(comp.payload) + CONTAINER_BYTES)
+        comp = model.compress(coded(img, scale))
+        bits += 8 * (len(comp.payload) + CONTAINER_BYTES + (scale < 16))
     return bits / sum(i.shape[0] * i.shape[1] for i in images)
 
 
-def estimate_bpp(net: LiteNet, images: list[np.ndarray]) -> float:
-    """The rate of rate point 0 of ``net`` from the likelihoods of its rounded latents, plus the container."""
-    bits = 0.0
+def estimate(net: LiteNet, images: list[np.ndarray], scale: int = 16) -> tuple[float, float]:
+    """Rate point 0 of ``net`` at ``scale``: bpp from the likelihoods of its rounded latents
+    plus the container, and mean PSNR of its reconstruction resampled to the full size as
+    ``Codec.decode`` does."""
+    from stablecodec import container, imageio
+    from stablecodec.metrics import psnr
+
+    bits, psnrs = 0.0, []
     for img in images:
-        x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
-        _, y_lik, z_lik = net(x, torch.zeros(1, dtype=torch.long), noise=False)
-        bits += -(y_lik.log2().sum() + z_lik.log2().sum()).item() + 8 * CONTAINER_BYTES
-    return bits / sum(i.shape[0] * i.shape[1] for i in images)
+        x_hat, y_lik, z_lik = net(coded(img, scale), torch.zeros(1, dtype=torch.long), noise=False)
+        bits += -(y_lik.log2().sum() + z_lik.log2().sum()).item() + 8 * (CONTAINER_BYTES + (scale < 16))
+        h, w = img.shape[:2]
+        cw, ch = container.coded_size(w, h, scale)
+        rec = x_hat[0, :, :ch, :cw].clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
+        rec = np.round(imageio.resize(rec, w, h) * 255).astype(np.uint8)
+        psnrs.append(psnr(np.round(img * 255).astype(np.uint8), rec))
+    return bits / sum(i.shape[0] * i.shape[1] for i in images), float(np.mean(psnrs))
+
+
+def choose_grid_point(grid, est, target: float, rates: int, floor_rate: float = -np.inf, floor_bpp: float = 0.0) -> int:
+    """Index into ``grid`` of the fractional rate for one target bpp, above a floor.
+
+    The grid rate whose estimated bpp is closest in log-rate, among those above the floor
+    in both rate and bits (by 10%), so lite-k+1 always spends more. Gains outside the
+    trained range [0, rates-1] are extrapolated and untrained: part 3's lite-1 at rate
+    -0.875 saved 4% of the bits of rate 0 and lost 3.5 dB on kodak/. So a trained rate is
+    taken whenever one comes within 10% of the target.
+    """
+    def err(j: int) -> float:
+        return abs(np.log(est[j] / target))
+
+    cand = [j for j in range(len(grid)) if grid[j] > floor_rate and est[j] > floor_bpp * 1.1]
+    if not cand:
+        raise SystemExit(f"export_default: no rate above {floor_bpp:.4f} bpp left for {target} bpp; "
+                         "widen the grid or lower TARGETS")
+    inside = [j for j in cand if 0 <= grid[j] <= rates - 1]
+    if inside and err(min(inside, key=err)) <= np.log(1.1):
+        cand = inside
+    return min(cand, key=err)
 
 
 def choose_grid_points(grid, est, targets, rates: int) -> list[int]:
-    """Index into ``grid`` of the fractional rate chosen for each target bpp.
-
-    Each target takes the grid rate whose estimated bpp is closest in log-rate, among
-    those above the previous point in both rate and bits (by 10%), so lite-k+1 always
-    spends more.  Gains outside the trained range [0, rates-1] are extrapolated and
-    untrained: part 3's lite-1 at rate -0.875 saved 4% of the bits of rate 0 and lost
-    3.5 dB on kodak/.  So a trained rate is taken whenever one comes within 10% of the target.
-    """
+    """``choose_grid_point`` for each target in turn, each above the one before."""
     chosen = []
     floor_rate, floor_bpp = -np.inf, 0.0
     for target in targets:
-        def err(j: int, target: float = target) -> float:
-            return abs(np.log(est[j] / target))
-
-        cand = [j for j in range(len(grid)) if grid[j] > floor_rate and est[j] > floor_bpp * 1.1]
-        if not cand:
-            raise SystemExit(f"export_default: no rate above {floor_bpp:.4f} bpp left for {target} bpp; "
-                             "widen the grid or lower TARGETS")
-        inside = [j for j in cand if 0 <= grid[j] <= rates - 1]
-        if inside and err(min(inside, key=err)) <= np.log(1.1):
-            cand = inside
-        j = min(cand, key=err)
+        j = choose_grid_point(grid, est, target, rates, floor_rate, floor_bpp)
         chosen.append(j)
         floor_rate, floor_bpp = grid[j], est[j]
     return chosen
+
+
+def psnr_at(bpp, psnr, target: float) -> float:
+    """PSNR of a curve at ``target`` bpp, linear in log-rate between its points; -inf
+    outside the curve (a scale is not chosen on an extrapolation) or where it has no point."""
+    bpp, psnr = np.asarray(bpp, dtype=float), np.asarray(psnr, dtype=float)
+    ok = np.isfinite(bpp)  # far past the trained rates a likelihood underflows: no estimate there
+    order = np.argsort(bpp[ok])
+    b, p = np.log(bpp[ok][order]), psnr[ok][order]
+    t = np.log(target)
+    if not len(b) or t < b[0] or t > b[-1]:
+        return -np.inf
+    return float(np.interp(t, b, p))
+
+
+def choose_scale(curves: dict[int, tuple[list[float], list[float]]], target: float, margin: float = 0.05) -> int:
+    """The coded scale (sixteenths) whose (bpp, PSNR) curve is highest at ``target``; a
+    smaller scale must win by ``margin`` dB, as the calibration photos are few."""
+    best = max(curves)
+    at = {s: psnr_at(*curves[s], target) for s in curves}
+    for s in sorted(curves, reverse=True):
+        if at[s] > at[best] + (margin if s < best and at[best] > -np.inf else 0):
+            best = s
+    return best
 
 
 def main() -> None:
@@ -137,6 +191,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "weights" / "lite.safetensors"))
     ap.add_argument("--max-images", type=int, default=8)
     ap.add_argument("--grid-step", type=float, default=0.125, help="spacing of the fractional rates tried")
+    ap.add_argument("--scales", type=int, nargs="+", default=[16, 14, 12, 10, 8],
+                    help="coded sizes tried, in sixteenths of each side (16: full size)")
     ap.add_argument("--training", default=None, help="JSON stored as the file's training metadata (e.g. its steps)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -152,15 +208,25 @@ def main() -> None:
     print(f"calibrating on {len(images)} training photos (768x512 crops), trained at step {ck['step']}")
     K = net.cfg.codec.rates
     grid = np.arange(-1.0, K - 1 + 0.5 + 1e-9, a.grid_step)  # a little extrapolation past both ends
-    est = [estimate_bpp(with_rates(net, [gains_at(net, r)]), images) for r in grid]
-    print("grid rate -> bpp (estimated):", " ".join(f"{r:.2f}:{b:.4f}" for r, b in zip(grid, est)))
+    curves: dict[int, tuple[list[float], list[float]]] = {}
+    for scale in a.scales:
+        curves[scale] = tuple(map(list, zip(*(estimate(with_rates(net, [gains_at(net, r)]), images, scale)
+                                              for r in grid))))
+        print(f"scale {scale}/16, grid rate -> bpp/PSNR (estimated):",
+              " ".join(f"{r:.2f}:{b:.4f}/{p:.2f}" for r, b, p in zip(grid, *curves[scale])), flush=True)
     points, rates = [], []
-    for i, (target, j) in enumerate(zip(TARGETS, choose_grid_points(grid, est, TARGETS, K))):
+    floor_rate, floor_bpp, prev_scale = -np.inf, 0.0, None
+    for i, target in enumerate(TARGETS):
+        scale = choose_scale(curves, target)
+        est = curves[scale][0]
+        j = choose_grid_point(grid, est, target, K, floor_rate if scale == prev_scale else -np.inf, floor_bpp)
+        floor_rate, floor_bpp, prev_scale = grid[j], est[j], scale
         r = float(grid[j])
         g = gains_at(net, r)
-        bpp = measure_bpp(with_rates(net, [g]), images)
+        bpp = measure_bpp(with_rates(net, [g]), images, scale)
         points.append(g)
-        rates.append({"name": f"lite-{i + 1}", "target_bpp": target, "train_bpp": round(bpp, 5), "trained_rate": round(r, 3)})
+        rates.append({"name": f"lite-{i + 1}", "target_bpp": target, "train_bpp": round(bpp, 5),
+                      "train_psnr": round(curves[scale][1][j], 2), "trained_rate": round(r, 3), "coded_scale": scale})
         print(rates[-1])
     final = with_rates(net, points)
     from stablecodec.weights import save_lite

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import smooth_image
-from stablecodec import Codec, container, registry, testing, weights
+from stablecodec import Codec, container, imageio, registry, testing, weights
 from stablecodec.errors import WeightsError
 from stablecodec.models.contract import CodecModel
 from stablecodec.tiling import GB, pad_to_multiple
@@ -59,7 +59,8 @@ def family(request, tmp_path_factory):
 def _y_hat(codec: Codec, data: bytes) -> torch.Tensor:
     h, payload = container.unpack(data)
     m = codec.get_model().model
-    hp, wp = -(-h.height // m.stride) * m.stride, -(-h.width // m.stride) * m.stride
+    cw, ch = h.coded_size
+    hp, wp = -(-ch // m.stride) * m.stride, -(-cw // m.stride) * m.stride
     kw = {"rules": m.coding_rules(h.version[0])}
     if hasattr(m, "y_shape"):
         return m.codec.decompress(payload, h.symbol_crc, m.y_shape((hp, wp)), **kw)
@@ -76,7 +77,9 @@ def test_the_model_keeps_the_contract(family):
 def test_decode_gets_the_encoders_y_hat_bit_for_bit(family, hw):
     codec = family["codec"](precision="fp32")
     m = codec.get_model().model
-    x = pad_to_multiple(torch.from_numpy(smooth_image(*hw, seed=11)).permute(2, 0, 1)[None].contiguous(), m.stride)
+    img = smooth_image(*hw, seed=11)
+    img = imageio.resize(img, *container.coded_size(hw[1], hw[0], m.coded_scale))  # as Codec.encode does
+    x = pad_to_multiple(torch.from_numpy(img).permute(2, 0, 1)[None].contiguous(), m.stride)
     x.mul_(255).round_().div_(255)
     comp = m.compress(x)
     data = codec.encode(smooth_image(*hw, seed=11))
