@@ -85,46 +85,50 @@ def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
     return out.eval()
 
 
-def coded(img: np.ndarray, scale: int) -> torch.Tensor:
-    """What the API hands the network for an image at ``scale`` sixteenths: resampled as
-    ``Codec.encode`` does, on the 8-bit grid, padded to the stride."""
-    from stablecodec import container, imageio
-    from stablecodec.api import pad_to_multiple
+class Calibration:
+    """The calibration crops at one coded scale, as ``Codec.encode`` hands them to the
+    network (resampled, on the 8-bit grid, padded to the stride): made once per scale,
+    for every grid rate."""
 
-    h, w = img.shape[:2]
-    small = imageio.resize(img, *container.coded_size(w, h, scale))
-    x = torch.from_numpy(small.transpose(2, 0, 1).copy())[None].mul_(255).round_().div_(255)
-    return pad_to_multiple(x, 128)
+    def __init__(self, images: list[np.ndarray], scale: int, stride: int):
+        from stablecodec import container, imageio
+        from stablecodec.api import pad_to_multiple
+
+        self.scale = scale
+        self.sizes = [(i.shape[1], i.shape[0]) for i in images]
+        self.coded_sizes = [container.coded_size(w, h, scale) for w, h in self.sizes]
+        self.inputs = [pad_to_multiple(torch.from_numpy(imageio.resize(i, *c).transpose(2, 0, 1).copy())[None]
+                                       .mul_(255).round_().div_(255), stride)
+                       for i, c in zip(images, self.coded_sizes)]
+        self.references = [np.round(i * 255).astype(np.uint8) for i in images]
+        self.pixels = sum(w * h for w, h in self.sizes)
+        # the container's bytes per image, and the scale byte when there is one
+        self.overhead_bits = 8 * (CONTAINER_BYTES + (scale < container.FULL_SCALE))
 
 
-def measure_bpp(net: LiteNet, images: list[np.ndarray], scale: int = 16) -> float:
+def measure_bpp(net: LiteNet, cal: Calibration) -> float:
+    """Rate point 0 of ``net`` with the real coder."""
     from stablecodec.models.lite import LiteModel
 
     model = LiteModel(net, 0)
-    bits = 0.0
-    for img in images:
-        comp = model.compress(coded(img, scale))
-        bits += 8 * (len(comp.payload) + CONTAINER_BYTES + (scale < 16))
-    return bits / sum(i.shape[0] * i.shape[1] for i in images)
+    bits = sum(8 * len(model.compress(x).payload) + cal.overhead_bits for x in cal.inputs)
+    return bits / cal.pixels
 
 
-def estimate(net: LiteNet, images: list[np.ndarray], scale: int = 16) -> tuple[float, float]:
-    """Rate point 0 of ``net`` at ``scale``: bpp from the likelihoods of its rounded latents
-    plus the container, and mean PSNR of its reconstruction resampled to the full size as
+def estimate(net: LiteNet, cal: Calibration) -> tuple[float, float]:
+    """Rate point 0 of ``net``: bpp from the likelihoods of its rounded latents plus the
+    container, and mean PSNR of its reconstruction resampled to the full size as
     ``Codec.decode`` does."""
-    from stablecodec import container, imageio
+    from stablecodec import imageio
     from stablecodec.metrics import psnr
 
     bits, psnrs = 0.0, []
-    for img in images:
-        x_hat, y_lik, z_lik = net(coded(img, scale), torch.zeros(1, dtype=torch.long), noise=False)
-        bits += -(y_lik.log2().sum() + z_lik.log2().sum()).item() + 8 * (CONTAINER_BYTES + (scale < 16))
-        h, w = img.shape[:2]
-        cw, ch = container.coded_size(w, h, scale)
+    for x, ref, (w, h), (cw, ch) in zip(cal.inputs, cal.references, cal.sizes, cal.coded_sizes):
+        x_hat, y_lik, z_lik = net(x, torch.zeros(1, dtype=torch.long), noise=False)
+        bits += -(y_lik.log2().sum() + z_lik.log2().sum()).item() + cal.overhead_bits
         rec = x_hat[0, :, :ch, :cw].clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
-        rec = np.round(imageio.resize(rec, w, h) * 255).astype(np.uint8)
-        psnrs.append(psnr(np.round(img * 255).astype(np.uint8), rec))
-    return bits / sum(i.shape[0] * i.shape[1] for i in images), float(np.mean(psnrs))
+        psnrs.append(psnr(ref, np.round(imageio.resize(rec, w, h) * 255).astype(np.uint8)))
+    return bits / cal.pixels, float(np.mean(psnrs))
 
 
 def choose_grid_point(grid, est, target: float, rates: int, floor_rate: float = -np.inf, floor_bpp: float = 0.0) -> int:
@@ -179,7 +183,7 @@ def choose_scale(curves: dict[int, tuple[list[float], list[float]]], target: flo
     best = max(curves)
     at = {s: psnr_at(*curves[s], target) for s in curves}
     for s in sorted(curves, reverse=True):
-        if at[s] > at[best] + (margin if s < best and at[best] > -np.inf else 0):
+        if at[s] > at[best] + (margin if at[best] > -np.inf else 0):
             best = s
     return best
 
@@ -209,9 +213,9 @@ def main() -> None:
     K = net.cfg.codec.rates
     grid = np.arange(-1.0, K - 1 + 0.5 + 1e-9, a.grid_step)  # a little extrapolation past both ends
     curves: dict[int, tuple[list[float], list[float]]] = {}
-    for scale in a.scales:
-        curves[scale] = tuple(map(list, zip(*(estimate(with_rates(net, [gains_at(net, r)]), images, scale)
-                                              for r in grid))))
+    cals = {scale: Calibration(images, scale, net.stride) for scale in a.scales}
+    for scale, cal in cals.items():
+        curves[scale] = tuple(map(list, zip(*(estimate(with_rates(net, [gains_at(net, r)]), cal) for r in grid))))
         print(f"scale {scale}/16, grid rate -> bpp/PSNR (estimated):",
               " ".join(f"{r:.2f}:{b:.4f}/{p:.2f}" for r, b, p in zip(grid, *curves[scale])), flush=True)
     points, rates = [], []
@@ -223,7 +227,7 @@ def main() -> None:
         floor_rate, floor_bpp, prev_scale = grid[j], est[j], scale
         r = float(grid[j])
         g = gains_at(net, r)
-        bpp = measure_bpp(with_rates(net, [g]), images, scale)
+        bpp = measure_bpp(with_rates(net, [g]), cals[scale])
         points.append(g)
         rates.append({"name": f"lite-{i + 1}", "target_bpp": target, "train_bpp": round(bpp, 5),
                       "train_psnr": round(curves[scale][1][j], 2), "trained_rate": round(r, 3), "coded_scale": scale})

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..container import FULL_SCALE
 from ..tiling import MemoryPlan, plan_lite, run_windows
 from .blocks import BasicBlock, Downsample, Upsample
 from .latent_codec import FORMAT_RULES, RULES_MAJOR, CodingRules, LatentCodec, LatentCodecConfig, rules_for_format
@@ -109,12 +110,12 @@ class LiteNet(nn.Module):
 class LiteModel(nn.Module):
     """The default network bound to one rate point, with the composite model contract."""
 
-    def __init__(self, net: LiteNet, rate: int, coded_scale: int = 16):
+    def __init__(self, net: LiteNet, rate: int, coded_scale: int = FULL_SCALE):
         super().__init__()
         if not 0 <= rate < net.cfg.codec.rates:
             raise ValueError(f"rate must be in [0, {net.cfg.codec.rates}), got {rate}")
-        if not 1 <= coded_scale <= 16:
-            raise ValueError(f"coded_scale must be in 1..16 (sixteenths of a side), got {coded_scale}")
+        if not 1 <= coded_scale <= FULL_SCALE:
+            raise ValueError(f"coded_scale must be in 1..{FULL_SCALE} (sixteenths of a side), got {coded_scale}")
         self.net = net
         self.rate = rate
         # The rate point's coded size (the weights file's "coded_scale", chosen by

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..container import FULL_SCALE
 from ..tiling import MemoryPlan
 from . import precision
 from .latent_codec import RULES, CodingRules, Compressed, rules_for_format
@@ -55,7 +56,7 @@ class OneStepModel(nn.Module):
     is the exact parameter path)."""
 
     STAGES = ("analysis", "codec", "synthesis", "denoiser", "decoder")
-    coded_scale = 16  # the papers' models code every image at its own size
+    coded_scale = FULL_SCALE  # the papers' models code every image at its own size
 
     def __init__(self, *, analysis, codec, synthesis, denoiser, decoder, stride: int,
                  planner: Callable[["OneStepModel", int, int, int], MemoryPlan],

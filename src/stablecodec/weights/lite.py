@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..container import FULL_SCALE
 from ..errors import WeightsError
 from ..models.latent_codec import LatentCodecConfig
 from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
@@ -69,7 +70,7 @@ def load(spec, path: Path):
     i = names.index(spec.name)
     # An encoder setting, not part of the network: the file's header carries the scale, so
     # decoding never reads it from here (files from before the field code at full size).
-    return LiteModel(net, i, coded_scale=int(rates[i].get("coded_scale", 16))), fp
+    return LiteModel(net, i, coded_scale=int(rates[i].get("coded_scale", FULL_SCALE))), fp
 
 
 def estimate_bytes(path: Path | None = None, **_) -> tuple[int, int]:
