@@ -3,13 +3,15 @@ counted. Its lite half went unrun for a week because nothing called it."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import stages  # noqa: E402
 
 LITE = ["analysis", "g_a + h_a", "entropy encoding", "entropy decoding", "g_s", "synthesis"]
@@ -46,3 +48,12 @@ def test_floor_rates_are_positive_and_keyed_by_device():
     assert stages.rate_key("cpu", torch.bfloat16) == "bfloat16"
     assert stages.rate_key("cuda", torch.float16) == "cuda/float16"
     assert stages.conv_rate(torch.float32, reps=1) > 0
+
+
+def test_no_benchmark_or_script_shadows_an_installed_module():
+    # Tests put benchmarks/ and scripts/ first on sys.path; a file there named like an
+    # installed package (benchmarks/kernels.py vs transformers' `kernels`) broke every test
+    # that imported diffusers in a fresh environment.
+    taken = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    ours = {p.stem for d in ("benchmarks", "scripts") for p in (ROOT / d).glob("*.py")}
+    assert not ours & taken, sorted(ours & taken)

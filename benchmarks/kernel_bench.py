@@ -1,6 +1,6 @@
 """Kernel rates at the full-size model's shapes (768x512), float32 against bf16.
 
-    python benchmarks/kernels.py [--out FILE]
+    python benchmarks/kernel_bench.py [--out FILE]
 
 * ``attention``: the attention core at the UNet's and the VAE's shapes, PyTorch's
   ``scaled_dot_product_attention`` (its CPU flash kernel) against
