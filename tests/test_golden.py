@@ -9,9 +9,12 @@ the machine -- and to the stored image pixel for pixel. A format change must bum
 version byte and keep reading these files or refuse them clearly (docs/bitstream.md).
 
 The image path after ŷ (g_s, the UNet, the VAE decoder) is ordinary float32 arithmetic:
-its last bit depends on torch's thread count (a few pixels move by one level between 1
-and 2 threads), so the images are compared with one thread, as they were made. If only
-the pixel test fails, the format is intact and the float image path has changed.
+its last bit depends on torch's thread count and on the CPU's vector instructions (made
+on an AMD EPYC, family 25; on an Intel Xeon 2..31 values of a file move by one level), so
+the images are compared with one thread, as they were made, and allowed rounding-sized
+differences: at most one level, in at most 0.1% of the values. A real change to the
+image path moves far more. If only the pixel test fails, the format is intact and the
+float image path has changed.
 """
 
 from __future__ import annotations
@@ -95,14 +98,15 @@ def test_golden_y_hat_is_bit_identical(codec, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_golden_image_is_bit_identical(codec, one_thread, name):
+def test_golden_image_matches_up_to_rounding(codec, one_thread, name):
     want_img = Image.open(GOLDEN / f"{name}.png")
     got_img = codec.decode(_data(name))
     assert got_img.mode == want_img.mode == ("L" if MANIFEST["files"][name]["grey"] else "RGB")
     got, want = np.asarray(got_img).astype(int), np.asarray(want_img).astype(int)
     assert got.shape == want.shape
-    assert np.array_equal(got, want), (
-        f"{name}: {(got != want).sum()} pixels differ (max {np.abs(got - want).max()} levels); if "
+    moved, worst = int((got != want).sum()), int(np.abs(got - want).max())
+    assert worst <= 1 and moved <= 0.001 * got.size, (
+        f"{name}: {moved} of {got.size} values differ (max {worst} levels); if "
         "test_golden_y_hat_is_bit_identical passes, the float image path changed, not the format")
 
 
