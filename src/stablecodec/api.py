@@ -411,9 +411,9 @@ class Codec:
                 bar.close()
             loaded.model.progress = None
         pix = x[0, :, :ch, :cw].permute(1, 2, 0).cpu().numpy().astype(np.float32)
-        pix = imageio.resize(pix, header.width, header.height)
-        if header.grey:
+        if header.grey:  # luma before the resize: one channel to resample, not three
             pix = (pix @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        pix = imageio.resize(pix, header.width, header.height)
         if self.color_fix and header.color is not None and header.width * header.height > loaded.family.color_fix_min_pixels:
             pix = colorfix.apply(pix, header.color)
         return np.clip(pix, 0.0, 1.0)
