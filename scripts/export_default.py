@@ -204,6 +204,7 @@ def main() -> None:
     net = LiteNet()
     net.load_state_dict(ck["model"])
     net.eval()
+    trained = {name: getattr(net.codec, name).detach().clone() for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv")}
     # Round to float16 first: the shipped network is the one calibrated.
     net.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()})
     paths = sorted(p for f in a.calibrate for p in Path(f).iterdir() if p.suffix.lower() in EXTS)
@@ -236,7 +237,8 @@ def main() -> None:
     from stablecodec.weights import save_lite
 
     meta_rates = rates
-    fp = save_lite(final, Path(a.out), meta_rates, training=json.loads(a.training) if a.training else None)
+    fp = save_lite(final, Path(a.out), meta_rates, training=json.loads(a.training) if a.training else None,
+                   trained_gains=trained)
     size = Path(a.out).stat().st_size
     print(f"wrote {a.out} ({size / 1e6:.1f} MB, fingerprint {fp})")
     print(json.dumps({"step": ck["step"], "rates": rates, "bytes": size, "fingerprint": fp}))

@@ -210,10 +210,14 @@ def from_weights(path: Path) -> tuple[LiteNet, dict]:
     """A network to train, initialised from a shipped weights file.
 
     The shipped file holds the five *exported* rate points (interpolated between the
-    trained gains); they become the five trained rates of this part, spread a little
-    further apart at the low end, where this part's lambdas reach lower rates.
+    trained gains) and, from 2026-12-04's exports on, the trained gains themselves
+    (``training.gain_*``): with them the part resumes at its trained rates, each paired
+    with its lambda as before, like ``--init best.pt`` but on any machine the package is
+    on. An older file's five exported points become the five trained rates instead,
+    spread a little further apart at the low end, which the part must first re-learn
+    (about 0.4 dB, won back over 3000-5000 steps; see ``from_checkpoint``).
     """
-    from stablecodec.weights.lite import load_lite
+    from stablecodec.weights.lite import load_lite, load_trained_gains
 
     shipped, fp, meta = load_lite(path)
     net = LiteNet(shipped.cfg)
@@ -221,12 +225,20 @@ def from_weights(path: Path) -> tuple[LiteNet, dict]:
     # The file stores buffers as float16, where the likelihood bound 1e-9 is 0: training
     # with it lets a likelihood reach 0 (an infinite loss). It plays no part in coding.
     net.load_state_dict({**shipped.state_dict(), **fresh})
+    trained = load_trained_gains(path)
     with torch.no_grad():
-        spread = [gains_at(shipped, r) for r in np.linspace(-1.0, shipped.cfg.codec.rates - 1, shipped.cfg.codec.rates)]
-        for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
-            getattr(net.codec, name).copy_(torch.stack([g[name] for g in spread]))
+        if trained is not None and all(trained[n].shape == getattr(net.codec, n).shape for n in trained):
+            for name, g in trained.items():
+                getattr(net.codec, name).copy_(g)
+            gains = "trained"
+        else:
+            spread = [gains_at(shipped, r) for r in np.linspace(-1.0, shipped.cfg.codec.rates - 1, shipped.cfg.codec.rates)]
+            for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
+                getattr(net.codec, name).copy_(torch.stack([g[name] for g in spread]))
+            gains = "re-spread"
     lineage = json.loads(meta.get("training", "{}") or "{}")
-    return net, {"init": str(path), "init_fingerprint": fp, "steps_before": int(lineage.get("steps", 0))}
+    return net, {"init": str(path), "init_fingerprint": fp, "steps_before": int(lineage.get("steps", 0)),
+                 "init_gains": gains}
 
 
 def from_checkpoint(path: Path) -> tuple[LiteNet, dict]:

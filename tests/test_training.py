@@ -56,3 +56,35 @@ def test_a_part_starts_from_an_earlier_parts_best_state_unchanged(first_part):
     assert run2["steps_before"] == torch.load(best1, weights_only=False)["step"]
     assert run2["init"] == str(best1) and len(run2["init_fingerprint"]) == 16
     assert run2["val_start"] == run1["val_best"]
+
+
+def _train_module():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train_default
+
+    return train_default
+
+
+@pytest.mark.parametrize("with_trained", [True, False])
+def test_a_part_started_from_a_weights_file_resumes_its_trained_gains(tmp_path, with_trained):
+    """Checkpoints stay on the machine that trained; the shipped file travels. With the
+    trained gains stored beside its rate points a part resumes at its trained rates; an
+    older file's rate points are re-spread (and the lineage says which)."""
+    from stablecodec.models.lite import LiteNet
+    from stablecodec.weights.lite import GAIN_NAMES, load_lite, load_trained_gains, save_lite
+
+    td = _train_module()
+    trained = LiteNet()
+    td.init_gains(trained)
+    with torch.no_grad():  # gains no spread of the exported points could give back
+        trained.codec.gain_z.mul_(torch.linspace(0.5, 2.0, trained.codec.gain_z.shape[1]))
+    gains = {n: getattr(trained.codec, n).detach().clone() for n in GAIN_NAMES}
+    path = tmp_path / "lite.safetensors"
+    rates = [{"name": f"lite-{i + 1}", "trained_rate": float(i)} for i in range(5)]
+    fp = save_lite(trained, path, rates, training={"steps": 7}, trained_gains=gains if with_trained else None)
+    assert load_lite(path)[1] == fp  # the stored gains take no part in coding or the fingerprint
+    assert (load_trained_gains(path) is not None) == with_trained
+    net, lineage = td.from_weights(path)
+    assert lineage["steps_before"] == 7 and lineage["init_gains"] == ("trained" if with_trained else "re-spread")
+    same = all(torch.equal(getattr(net.codec, n), gains[n]) for n in GAIN_NAMES)
+    assert same == with_trained

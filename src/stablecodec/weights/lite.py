@@ -13,12 +13,19 @@ from ..models.latent_codec import LatentCodecConfig
 from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
 
 
+GAIN_NAMES = ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv")
+
+
 def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True,
-              training: dict | None = None) -> str:
+              training: dict | None = None, trained_gains: dict[str, torch.Tensor] | None = None) -> str:
     """Write the default network (fp16 weights, tables, rate names) to one safetensors file.
 
     ``training`` (e.g. the steps behind the weights) is stored as metadata for the next
-    training part; it is not part of the fingerprint, which covers the tensors.
+    training part; it is not part of the fingerprint, which covers the coding tensors.
+    ``trained_gains`` (the training rates' gain vectors, of which the file's rate points
+    are interpolations) are stored in float32 as ``training.<name>`` for the same reason:
+    a part started from this file resumes at its trained rates (scripts/train_default.py)
+    instead of re-learning them. Decoding never reads them.
     """
     import dataclasses
 
@@ -33,6 +40,10 @@ def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = 
             "rates": json.dumps(rates)}
     if training:
         meta["training"] = json.dumps(training)
+    for name, v in (trained_gains or {}).items():
+        if name not in GAIN_NAMES:
+            raise ValueError(f"trained_gains: unknown gain {name!r} (expected {', '.join(GAIN_NAMES)})")
+        tensors[f"training.{name}"] = v.detach().float().contiguous()
     save_atomic(tensors, path, meta)
     return fp
 
@@ -56,6 +67,14 @@ def load_lite(path: Path):
     net = load_lite_tensors(tensors, meta["config"])
     _set_tables(net.codec, tensors, str(path))
     return net, meta["fingerprint"], meta
+
+
+def load_trained_gains(path: Path) -> dict[str, torch.Tensor] | None:
+    """The training rates' gain vectors stored beside the rate points (``save_lite``), or
+    None for a file written without them (before 2026-12-04)."""
+    tensors, _ = _read_safetensors(Path(path), only="training.")
+    gains = {k[len("training."):]: v for k, v in tensors.items()}
+    return gains if set(gains) == set(GAIN_NAMES) else None
 
 
 def load(spec, path: Path):
