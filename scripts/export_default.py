@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from stablecodec.models.latent_codec import LatentCodecConfig  # noqa: E402
+from stablecodec.models.latent_codec import GAIN_NAMES, LatentCodecConfig  # noqa: E402
 from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
 
 TARGETS = (0.005, 0.011, 0.023, 0.048, 0.1)
@@ -67,7 +67,7 @@ def gains_at(net: LiteNet, r: float) -> dict[str, torch.Tensor]:
     k = int(np.clip(np.floor(r), 0, c.cfg.rates - 2))
     t = r - k
     out = {}
-    for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
+    for name in GAIN_NAMES:
         g = getattr(c, name).detach().abs().clamp_min(1e-8)
         out[name] = torch.exp((1 - t) * g[k].log() + t * g[k + 1].log())
     return out
@@ -79,7 +79,7 @@ def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
                      codec=LatentCodecConfig(**{**net.cfg.codec.__dict__, "rates": len(points)}))
     out = LiteNet(cfg)
     sd = {k: v for k, v in net.state_dict().items() if not k.startswith("codec.gain_")}
-    for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
+    for name in GAIN_NAMES:
         sd[f"codec.{name}"] = torch.stack([p[name] for p in points])
     out.load_state_dict(sd)
     return out.eval()
@@ -204,7 +204,7 @@ def main() -> None:
     net = LiteNet()
     net.load_state_dict(ck["model"])
     net.eval()
-    trained = {name: getattr(net.codec, name).detach().clone() for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv")}
+    trained = {name: getattr(net.codec, name).detach().clone() for name in GAIN_NAMES}
     # Round to float16 first: the shipped network is the one calibrated.
     net.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()})
     paths = sorted(p for f in a.calibrate for p in Path(f).iterdir() if p.suffix.lower() in EXTS)

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from export_default import centre_crop, gains_at  # noqa: E402
 
+from stablecodec.models.latent_codec import GAIN_NAMES  # noqa: E402
 from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
 
 # Five rates spanning about 0.005 to 0.1 bpp on 768x512 photos (each about 5x the last).
@@ -226,16 +227,13 @@ def from_weights(path: Path) -> tuple[LiteNet, dict]:
     # with it lets a likelihood reach 0 (an infinite loss). It plays no part in coding.
     net.load_state_dict({**shipped.state_dict(), **fresh})
     trained = load_trained_gains(path)
+    gains = "re-spread" if trained is None else "trained"
     with torch.no_grad():
-        if trained is not None and all(trained[n].shape == getattr(net.codec, n).shape for n in trained):
-            for name, g in trained.items():
-                getattr(net.codec, name).copy_(g)
-            gains = "trained"
-        else:
+        if trained is None:
             spread = [gains_at(shipped, r) for r in np.linspace(-1.0, shipped.cfg.codec.rates - 1, shipped.cfg.codec.rates)]
-            for name in ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv"):
-                getattr(net.codec, name).copy_(torch.stack([g[name] for g in spread]))
-            gains = "re-spread"
+            trained = {name: torch.stack([g[name] for g in spread]) for name in GAIN_NAMES}
+        for name, g in trained.items():
+            getattr(net.codec, name).copy_(g)
     lineage = json.loads(meta.get("training", "{}") or "{}")
     return net, {"init": str(path), "init_fingerprint": fp, "steps_before": int(lineage.get("steps", 0)),
                  "init_gains": gains}

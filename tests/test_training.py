@@ -71,7 +71,8 @@ def test_a_part_started_from_a_weights_file_resumes_its_trained_gains(tmp_path, 
     trained gains stored beside its rate points a part resumes at its trained rates; an
     older file's rate points are re-spread (and the lineage says which)."""
     from stablecodec.models.lite import LiteNet
-    from stablecodec.weights.lite import GAIN_NAMES, load_lite, load_trained_gains, save_lite
+    from stablecodec.models.latent_codec import GAIN_NAMES
+    from stablecodec.weights.lite import load_lite, load_trained_gains, save_lite
 
     td = _train_module()
     trained = LiteNet()

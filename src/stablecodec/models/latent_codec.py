@@ -239,6 +239,10 @@ class ExactEntropyPath:
         self._tables = None
 
 
+# The per-rate gain vectors (Cui et al. 2021) of a multi-rate codec, as its parameters are named.
+GAIN_NAMES = ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv")
+
+
 class LatentCodec(ExactEntropyPath, nn.Module):
     """g_a, h_a, h_s, the four-step context model with LRP, g_s and the auxiliary decoder."""
 

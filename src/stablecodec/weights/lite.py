@@ -9,11 +9,8 @@ import torch
 
 from ..container import FULL_SCALE
 from ..errors import WeightsError
-from ..models.latent_codec import LatentCodecConfig
+from ..models.latent_codec import GAIN_NAMES, LatentCodecConfig
 from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
-
-
-GAIN_NAMES = ("gain_y", "gain_y_inv", "gain_z", "gain_z_inv")
 
 
 def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True,
@@ -61,7 +58,7 @@ def load_lite_tensors(sd: dict[str, torch.Tensor], config_json: str):
 
 def load_lite(path: Path):
     """The default model's file. Returns (LiteNet, fingerprint hex, metadata)."""
-    tensors, meta = _read_safetensors(Path(path))
+    tensors, meta = _read_safetensors(Path(path), exclude="training.")  # decoding never reads those
     if meta.get("family") != "lite":
         raise WeightsError(f"{path}: not a default-model weights file")
     net = load_lite_tensors(tensors, meta["config"])
