@@ -79,7 +79,7 @@ def test_every_rate_point_is_a_trained_codec(rate_points):
     psnrs = [rate_points[n][1] for n in LITE]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), rate_points
     assert psnrs == sorted(psnrs), rate_points
-    # This sample (a detailed landscape) is hard: the shipped weights (bcf3aecd, lite-1 to
+    # This sample (a detailed landscape) is hard: the weights bcf3aecd (lite-1 to
     # lite-3 coded at half size, lite-4 at 3/4) give 21.7 dB at lite-1 (0.003 bpp), then
     # +1.0, +1.1, +0.6, +1.2 dB per rate point (22d7ff59, all at full size: 20.9 at 0.006
     # bpp, then +1.7, +1.2, +1.0, +1.0); an export from 400 training steps gave 19.6 at

@@ -159,7 +159,7 @@ class ModelSpec:
 
 # Mean bpp on the get-photos kodak/ crops (768x512) by `stablecodec eval`
 # (docs/benchmarks.md); updated when the shipped weights change.
-_LITE_BPP = (0.0048, 0.0092, 0.0197, 0.0291, 0.0604)
+_LITE_BPP = (0.0049, 0.0087, 0.0173, 0.0311, 0.0605)
 _RELEASED = (("ft2", 0.035), ("ft3", 0.029), ("ft4", 0.025), ("ft6", 0.020), ("ft8", 0.017),
              ("ft12", 0.013), ("ft16", 0.010), ("ft24", 0.008), ("ft32", 0.005))
 # AEIC's results/*.txt, Kodak, ascending bpp; larger lambda -> lower rate (ft32 lowest),
