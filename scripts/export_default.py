@@ -78,7 +78,7 @@ def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
     cfg = LiteConfig(mid=net.cfg.mid, width=net.cfg.width,
                      codec=LatentCodecConfig(**{**net.cfg.codec.__dict__, "rates": len(points)}))
     out = LiteNet(cfg)
-    sd = {k: v for k, v in net.state_dict().items() if not k.startswith("codec.gain_")}
+    sd = {k: v for k, v in net.state_dict().items() if k.removeprefix("codec.") not in GAIN_NAMES}
     for name in GAIN_NAMES:
         sd[f"codec.{name}"] = torch.stack([p[name] for p in points])
     out.load_state_dict(sd)
