@@ -83,7 +83,8 @@ def test_every_rate_point_is_a_trained_codec(rate_points):
     # lite-3 coded at half size, lite-4 at 3/4) give 21.8 dB at lite-1 (0.003 bpp), then
     # +0.9, +1.1, +0.8, +1.1 dB per rate point (bcf3aecd: 21.7, then +1.0, +1.1, +0.6,
     # +1.2; 22d7ff59, all at full size: 20.9 at 0.006 bpp, then +1.7, +1.2, +1.0, +1.0); an
-    # export from 400 training steps gave 19.6 at every rate, and one at an extrapolated lite-1 rate lost 3.5 dB there on kodak/.
+    # export from 400 training steps gave 19.6 at every rate, and one at an extrapolated
+    # lite-1 rate lost 3.5 dB there on kodak/.
     steps = np.diff(psnrs)
     assert psnrs[0] > 20.5 and (steps > 0.5).all() and psnrs[-1] > psnrs[0] + 3.0, rate_points
 
