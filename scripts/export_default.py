@@ -28,6 +28,7 @@ tables computed from exactly those values; the fingerprint covers the stored ten
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from stablecodec.models.latent_codec import GAIN_NAMES, LatentCodecConfig  # noqa: E402
+from stablecodec.models.latent_codec import GAIN_NAMES  # noqa: E402
 from stablecodec.models.lite import LiteConfig, LiteNet  # noqa: E402
 
 TARGETS = (0.005, 0.011, 0.023, 0.048, 0.1)
@@ -75,8 +76,7 @@ def gains_at(net: LiteNet, r: float) -> dict[str, torch.Tensor]:
 
 def with_rates(net: LiteNet, points: list[dict[str, torch.Tensor]]) -> LiteNet:
     """A copy of ``net`` whose rate table holds exactly ``points``."""
-    cfg = LiteConfig(mid=net.cfg.mid, width=net.cfg.width,
-                     codec=LatentCodecConfig(**{**net.cfg.codec.__dict__, "rates": len(points)}))
+    cfg = dataclasses.replace(net.cfg, codec=dataclasses.replace(net.cfg.codec, rates=len(points)))
     out = LiteNet(cfg)
     sd = {k: v for k, v in net.state_dict().items() if k.removeprefix("codec.") not in GAIN_NAMES}
     for name in GAIN_NAMES:
@@ -201,7 +201,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)  # our own training checkpoint
-    net = LiteNet()
+    net = LiteNet(LiteConfig.from_dict(ck["config"]) if "config" in ck else LiteConfig())
     net.load_state_dict(ck["model"])
     net.eval()
     trained = {name: getattr(net.codec, name).detach().clone() for name in GAIN_NAMES}

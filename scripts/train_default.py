@@ -35,6 +35,7 @@ what it will decode. Mixed precision: bf16 autocast for the network on CPU and C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -252,11 +253,31 @@ def from_checkpoint(path: Path) -> tuple[LiteNet, dict]:
         raise SystemExit(f"train_default: --init {path}: no such file (an earlier part's OUT/best.pt?)")
     data = path.read_bytes()  # once, for both the fingerprint and the state
     ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # our own training file
-    net = LiteNet()
+    net = LiteNet(LiteConfig.from_dict(ck["config"]) if "config" in ck else LiteConfig())
     net.load_state_dict(ck["model"])
     steps = ck["lineage"]["steps_before"] + ck["state"]["step"] if "lineage" in ck else ck["step"]
     fp = hashlib.sha256(data).hexdigest()[:16]
     return net, {"init": str(path), "init_fingerprint": fp, "steps_before": int(steps)}
+
+
+def grow(net: LiteNet, more: tuple[int, int]) -> tuple[LiteNet, list[str]]:
+    """``net`` with ``more`` BasicBlocks added to its pixel synthesis (at 1/8, at 1/4), each
+    an identity at first (the last convolution of both residual branches zeroed), so the
+    grown network codes exactly as ``net`` did until training moves the new blocks.
+    Returns it and the names of the new parameters."""
+    e8, e4 = net.cfg.synthesis_extra
+    out = LiteNet(dataclasses.replace(net.cfg, synthesis_extra=(e8 + more[0], e4 + more[1])))
+    missing, unexpected = out.load_state_dict(net.state_dict(), strict=False)
+    if unexpected or not all(k.startswith(("synthesis.extra1.", "synthesis.extra2.")) for k in missing):
+        raise RuntimeError(f"grow: unexpected state-dict difference ({unexpected}, {missing})")
+    new = {k.rsplit(".", 1)[0] for k in missing}
+    with torch.no_grad():
+        for name, m in out.named_modules():
+            if any(k.startswith(name + ".") for k in new) and name.count(".") == 2:  # synthesis.extraN.i
+                for conv in (m.blocks[0].conv2, m.blocks[1].fc2):
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+    return out, sorted(missing)
 
 
 def main() -> None:
@@ -291,6 +312,10 @@ def main() -> None:
     ap.add_argument("--min-gain", type=float, default=0.02, help="dB of BD-PSNR needed to export")
     ap.add_argument("--noise-frac", type=float, default=0.5, help="fraction of the part trained with additive noise")
     ap.add_argument("--no-amp", action="store_true", help="train in float32 (about 1.7x slower on CPU)")
+    ap.add_argument("--grow", type=int, nargs=2, default=None, metavar=("AT_8", "AT_4"),
+                    help="add this many BasicBlocks to the pixel synthesis at 1/8 and at 1/4, starting as identities")
+    ap.add_argument("--grow-lr", type=float, default=None,
+                    help="learning rate of the added blocks (default 10x --lr: they start from zero)")
     args = ap.parse_args()
 
     device = args.device
@@ -310,12 +335,21 @@ def main() -> None:
         net, lineage = from_checkpoint(Path(args.init))
     else:
         net, lineage = from_weights(Path(args.init))
+    new_params: list[str] = []
+    if args.grow:
+        net, new_params = grow(net, tuple(args.grow))
+        lineage["grown"] = list(args.grow)
     # On its device before the optimisers load their state: load_state_dict casts the
     # state to the parameters' device.
     net = net.to(device, memory_format=torch.channels_last).train()
     eb = net.codec.entropy_bottleneck
-    main_params = [p for n, p in net.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.Adam(main_params, lr=args.lr)
+    named = [(n, p) for n, p in net.named_parameters() if not n.endswith("quantiles")]
+    main_params = [p for _, p in named]
+    grow_lr = args.grow_lr if args.grow_lr is not None else 10 * args.lr
+    groups = [{"params": [p for n, p in named if n not in new_params], "base_lr": args.lr}]
+    if new_params:
+        groups.append({"params": [p for n, p in named if n in new_params], "base_lr": grow_lr})
+    opt = torch.optim.Adam(groups, lr=args.lr)
     aux_opt = torch.optim.Adam([eb.quantiles], lr=1e-3)
     state = {"step": 0, "elapsed": 0.0, "best": None, "start_val": None, "history": []}
     if ckpt_path.exists():
@@ -331,7 +365,8 @@ def main() -> None:
     if state["start_val"] is None:
         state["start_val"] = validate(net, vx, device, amp)
         state["best"] = {"step": 0, "bd": 0.0, "val": state["start_val"]}
-        torch.save({"model": net.state_dict(), "step": lineage["steps_before"]}, best_path)
+        torch.save({"model": net.state_dict(), "config": dataclasses.asdict(net.cfg),
+                    "step": lineage["steps_before"]}, best_path)
         print("start:", state["start_val"])
     weights = dict(parse_weight(w) for w in args.source_weight)
     images, shares = load_images(args.data, args.crop, tuple(args.scales), weights)
@@ -355,7 +390,7 @@ def main() -> None:
         os.replace(tmp, path)
 
     def checkpoint() -> None:
-        save(ckpt_path, {"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+        save(ckpt_path, {"model": net.state_dict(), "config": dataclasses.asdict(net.cfg), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                          "state": state, "lineage": lineage, "torch_rng": torch.get_rng_state(),
                          "args": vars(args), "lambdas": LAMBDAS})
 
@@ -371,6 +406,7 @@ def main() -> None:
         if not math.isnan(bd) and bd > state["best"]["bd"]:
             state["best"] = {"step": state["step"], "bd": bd, "val": rows}
             save(best_path, {"model": {k: v.cpu() for k, v in net.state_dict().items()},
+                             "config": dataclasses.asdict(net.cfg),
                              "step": lineage["steps_before"] + state["step"]})
 
     bar = tqdm(total=None if args.minutes else args.steps, initial=state["step"], desc="train", dynamic_ncols=True)
@@ -380,7 +416,7 @@ def main() -> None:
         t0 = time.time()
         p = progress()
         for g in opt.param_groups:
-            g["lr"] = lr_at(p, args.lr, args.warmup)
+            g["lr"] = lr_at(p, g["base_lr"], args.warmup)
         x, rate = next(it)
         x = x.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
         rate = rate.to(device, non_blocking=True)

@@ -29,11 +29,11 @@ def _photos(folder: Path, n: int, seed: int) -> Path:
     return folder
 
 
-def _part(tmp: Path, out: str, init: str, steps: int) -> dict:
+def _part(tmp: Path, out: str, init: str, steps: int, *extra: str) -> dict:
     cmd = [sys.executable, str(SCRIPT), "--data", str(tmp / "train"), "--val", str(tmp / "val"),
            "--out", str(tmp / out), "--init", init, "--steps", str(steps), "--batch", "2", "--crop", "64",
            "--scales", "1.0", "--val-images", "1", "--val-every", "1000", "--threads", "2",
-           "--export", "none", "--no-amp", "--min-gain", "-1000"]
+           "--export", "none", "--no-amp", "--min-gain", "-1000", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((tmp / out / "runs.jsonl").read_text().splitlines()[-1])
@@ -89,3 +89,36 @@ def test_a_part_started_from_a_weights_file_resumes_its_trained_gains(tmp_path, 
     assert lineage["steps_before"] == 7 and lineage["init_gains"] == ("trained" if with_trained else "re-spread")
     same = all(torch.equal(getattr(net.codec, n), gains[n]) for n in GAIN_NAMES)
     assert same == with_trained
+
+
+def test_a_grown_part_starts_where_its_init_was_and_trains_the_new_blocks(first_part):
+    """--grow adds synthesis blocks as identities: the part's start is its init's best state
+    to the last digit, the new blocks move, and a later part (and the export) rebuilds the
+    grown network from the checkpoint's config."""
+    tmp, run1 = first_part
+    best1 = tmp / "part1" / "best.pt"
+    run = _part(tmp, "grown", str(best1), 2, "--grow", "1", "1", "--grow-lr", "1e-2")
+    assert run["grown"] == [1, 1] and run["val_start"] == run1["val_best"]
+    ck = torch.load(tmp / "grown" / "checkpoint.pt", weights_only=False)
+    assert tuple(ck["config"]["synthesis_extra"]) == (1, 1)
+    assert float(ck["model"]["synthesis.extra2.0.blocks.1.fc2.weight"].abs().max()) > 0  # zero at the start
+    td = _train_module()
+    net, lineage = td.from_checkpoint(tmp / "grown" / "checkpoint.pt")
+    assert net.cfg.synthesis_extra == (1, 1) and lineage["steps_before"] == run["steps_before"] + 2
+
+
+def test_grow_makes_identities_and_names_only_the_new_parameters():
+    from stablecodec.models.lite import LiteNet
+
+    td = _train_module()
+    torch.manual_seed(0)
+    net = LiteNet().eval()
+    grown, new = td.grow(net, (2, 1))
+    again, newer = td.grow(grown, (0, 1))
+    assert grown.cfg.synthesis_extra == (2, 1) and again.cfg.synthesis_extra == (2, 2)
+    assert new and all(k.startswith(("synthesis.extra1.", "synthesis.extra2.")) for k in new)
+    assert newer and all(k.startswith("synthesis.extra2.1.") for k in newer)  # the earlier ones kept as grown
+    x, rate = torch.rand(1, 3, 64, 64), torch.tensor([2])
+    with torch.no_grad():
+        ref = net(x, rate)[0]
+        assert torch.equal(grown.eval()(x, rate)[0], ref) and torch.equal(again.eval()(x, rate)[0], ref)

@@ -17,6 +17,7 @@ Trained on CPU by ``scripts/train_default.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,23 @@ class LiteConfig:
     # Weights files written before this field existed coded with V2 and keep it
     # (weights.lite reads a missing field as "2").
     entropy_numerics: str = "1"
+    # BasicBlocks added to the pixel synthesis after its block at 1/8 and after its block
+    # at 1/4: a grown network (scripts/train_default.py --grow starts them as identities,
+    # so growing keeps what the network had learnt). Files without the field have none.
+    synthesis_extra: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> LiteConfig:
+        """The config from its JSON form (``dataclasses.asdict``: tuples became lists)."""
+        raw = dict(raw)
+        codec = LatentCodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("codec").items()})
+        return cls(codec=codec, **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
     def __post_init__(self) -> None:
+        extra = tuple(self.synthesis_extra)
+        if len(extra) != 2 or any(not isinstance(n, int) or n < 0 for n in extra):
+            raise ValueError(f"synthesis_extra must be two counts >= 0 (at 1/8, at 1/4), got {self.synthesis_extra!r}")
+        object.__setattr__(self, "synthesis_extra", extra)
         if self.codec.sd_channels != self.width or self.codec.synthesis[-1] != self.width:
             raise ValueError("the latent codec must take and return `width` channels")
         if self.entropy_numerics not in ("1", "2"):
@@ -76,15 +92,29 @@ class PixelAnalysis(nn.Module):
 class PixelSynthesis(nn.Module):
     """Features at 1/8 -> image (about [0, 1]; the caller clamps)."""
 
-    def __init__(self, mid: int, width: int):
+    def __init__(self, mid: int, width: int, extra: tuple[int, int] = (0, 0)):
         super().__init__()
         self.block1 = BasicBlock(width)
         self.up = Upsample(width, mid)
         self.block2 = BasicBlock(mid)
         self.head = nn.Conv2d(mid, 48, 3, padding=1)
+        # Only when present, so the state-dict keys of an ungrown network stay as shipped.
+        if extra[0]:
+            self.extra1 = nn.Sequential(*(BasicBlock(width) for _ in range(extra[0])))
+        if extra[1]:
+            self.extra2 = nn.Sequential(*(BasicBlock(mid) for _ in range(extra[1])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.head(self.block2(self.up(self.block1(x)))), 4) + 0.5
+        x = self.block1(x)
+        if hasattr(self, "extra1"):
+            x = self.extra1(x)
+        x = self.block2(self.up(x))
+        if hasattr(self, "extra2"):
+            x = self.extra2(x)
+        return F.pixel_shuffle(self.head(x), 4) + 0.5
+
+    def extra_blocks(self) -> list[BasicBlock]:
+        return [*getattr(self, "extra1", ()), *getattr(self, "extra2", ())]
 
 
 class LiteNet(nn.Module):
@@ -95,7 +125,7 @@ class LiteNet(nn.Module):
         self.cfg = cfg
         self.analysis = PixelAnalysis(cfg.mid, cfg.width)
         self.codec = LatentCodec(cfg.codec)
-        self.synthesis = PixelSynthesis(cfg.mid, cfg.width)
+        self.synthesis = PixelSynthesis(cfg.mid, cfg.width, cfg.synthesis_extra)
 
     @property
     def stride(self) -> int:
@@ -154,8 +184,15 @@ class LiteModel(nn.Module):
     def plan_memory(self, height: int, width: int, budget: int) -> MemoryPlan:
         return plan_lite(height, width, budget=budget, weights=self.resident_bytes(True))
 
-    # Receptive radius of analysis + g_a is 196 px, of g_s + synthesis 14 y px (220 px).
-    ENCODER_HALO, DECODER_HALO = 256, 16
+    # Receptive radius of analysis + g_a is 196 px, of g_s + synthesis 13.75 y px (220 px);
+    # each extra BasicBlock (11-tap band, then 3x3) adds 6 px at its scale: 3 y px at 1/8,
+    # 1.5 at 1/4.
+    ENCODER_HALO = 256
+
+    @property
+    def DECODER_HALO(self) -> int:  # upper case: a constant per network, like ENCODER_HALO
+        e8, e4 = self.net.cfg.synthesis_extra
+        return max(16, math.ceil(13.75 + 3 * e8 + 1.5 * e4))
 
     def _encode_features(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net.codec.g_a(self.net.analysis(x))

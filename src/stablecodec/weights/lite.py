@@ -9,8 +9,8 @@ import torch
 
 from ..container import FULL_SCALE
 from ..errors import WeightsError
-from ..models.latent_codec import GAIN_NAMES, LatentCodecConfig
-from .common import save_atomic, FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict
+from ..models.latent_codec import GAIN_NAMES
+from .common import FORMAT, _read_safetensors, _set_tables, _tables_state, fingerprint, load_strict, save_atomic
 
 
 def save_lite(net, path: Path, rates: list[dict], fingerprint_hex: str | None = None, half: bool = True,
@@ -50,8 +50,12 @@ def load_lite_tensors(sd: dict[str, torch.Tensor], config_json: str):
 
     raw = json.loads(config_json)
     raw.setdefault("entropy_numerics", "2")  # files from before the field coded with V2 (LiteConfig)
-    codec_cfg = LatentCodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("codec").items()})
-    net = LiteNet(LiteConfig(codec=codec_cfg, **raw))
+    try:
+        cfg = LiteConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"default model weights: config not understood by this version of stablecodec ({e}); "
+                           "upgrade stablecodec or use the weights it ships") from None
+    net = LiteNet(cfg)
     load_strict(net, {k[len("lite."):]: v.float() for k, v in sd.items() if k.startswith("lite.")}, "default model weights")
     return net.eval()
 
